@@ -1,0 +1,63 @@
+# gpuload: the two set-up commands are `make demo` and `make test`; each creates
+# .venv on first use and installs what it needs (Python 3.11 is all it asks for).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+# A CPU wheel of exactly this torch lies on our machines' disk; a bare `torch`
+# requirement would download a multi-GB CUDA build. GPU users: see environment.yml.
+TORCH_SPEC ?= torch==2.13.0
+DEMO_DIR ?= demo_out
+
+.PHONY: help venv install dev demo test test-all test-cudasim test-dali test-gpu lint format bench clean
+
+help:
+	@echo "make demo      synthetic BMMC-shaped data, loader benchmark, short VAE training run"
+	@echo "make test      the test suite (CPU path, CUDA simulator, DALI CPU pipeline)"
+	@echo "make test-all  the test suite including slow tests"
+	@echo "make lint      ruff check + format check"
+	@echo "make bench     the full loader comparison (benchmarks/)"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(VENV)/.installed-base: $(BIN)/python pyproject.toml
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed-base
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed-base
+dev: $(VENV)/.installed-dev
+
+demo: $(VENV)/.installed-base
+	$(BIN)/python -m gpuload.demo --out $(DEMO_DIR)
+
+# NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, so the
+# whole CPU test session runs with the simulator on; CPU twins are unaffected.
+test: $(VENV)/.installed-dev
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q
+
+test-all: $(VENV)/.installed-dev
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q -m "slow or not slow"
+
+test-gpu: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest -q -m gpu
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check gpuload tests benchmarks
+	$(BIN)/ruff format --check gpuload tests benchmarks
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format gpuload tests benchmarks
+	$(BIN)/ruff check --fix gpuload tests benchmarks
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/compare.py --out bench_out
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .hypothesis

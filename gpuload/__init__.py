@@ -1,0 +1,35 @@
+"""gpuload: a GPU-accelerated PyTorch data loader for multimodal (GEX + ATAC) single-cell data.
+
+>>> loader = gpuload.MultiomeLoader("bmmc.h5ad", batch_size=32, layer="counts",
+...                                 transform={"GEX": "log1p_size_factor", "ATAC": "binarize"})
+>>> for batch in loader:
+...     batch["GEX"], batch["ATAC"], batch["obs"]["cell_type"]
+"""
+
+from gpuload.errors import (
+    ArgumentError,
+    DataValueError,
+    DeviceError,
+    GpuloadError,
+    InputFileError,
+    ObsKeyError,
+    SchemaError,
+)
+from gpuload.loader import MultiomeLoader
+from gpuload.store import MultiomeStore, open_multiome
+from gpuload.synth import write_synthetic
+
+__version__ = "0.1.0"
+__all__ = [
+    "ArgumentError",
+    "DataValueError",
+    "DeviceError",
+    "GpuloadError",
+    "InputFileError",
+    "MultiomeLoader",
+    "MultiomeStore",
+    "ObsKeyError",
+    "SchemaError",
+    "open_multiome",
+    "write_synthetic",
+]

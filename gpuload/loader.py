@@ -1,0 +1,482 @@
+"""MultiomeLoader: a drop-in replacement for ``torch.utils.data.DataLoader`` over a multiome h5ad.
+
+Data flow of one epoch (read top to bottom):
+
+1. ``EpochSampler`` gives this rank's order of cells (seeded by seed and epoch).
+2. The order is cut into batches, and consecutive batches into read groups of about
+   ``chunk_size * window`` cells.
+3. A background thread reads each group's rows from the store (contiguous runs: one h5py read
+   per run), moves the block to the backend's device, and for each batch of the group runs the
+   gather kernel into a fresh output buffer, gathers the obs columns, and queues the batch.
+4. The pipeline (native, or DALI) hands the queued batches to the training loop.
+
+Exactness: every epoch visits each selected cell exactly once (plus the documented DDP padding),
+in the documented order; ``state_dict`` records how many batches were consumed, so a fresh
+process resumes with exactly the remaining cells.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from gpuload.backend import Backend, get_backend
+from gpuload.errors import ArgumentError, DataValueError, GpuloadError
+from gpuload.kernels import arithmetic as ops
+from gpuload.metadata import ObsColumns, select_columns, subset_positions
+from gpuload.sampler import EpochSampler
+from gpuload.store import Modality, MultiomeStore, RowBlock, open_multiome
+from gpuload.transforms import Transform, compute_stats, parse_transform
+
+ALL = "all"
+_END = object()
+_POLL_SECONDS = 0.1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each full-width column goes in the flat output buffer (see kernels.arithmetic)."""
+
+    names: tuple[str, ...]
+    widths: tuple[int, ...]
+    col_mod: object  # [n_vars] int64, -1 = not requested
+    col_out: object  # [n_vars] int64
+    mod_width: object  # [n_mod] int64
+    mod_code: object  # [n_mod] int64
+    mod_threshold: object  # [n_mod] float64
+    col_weight: object  # [n_vars] float32
+    mod_base: object = None  # [n_mod] int64, set per batch size by ``for_batch``
+
+    def for_batch(self, xp, n_rows: int) -> Layout:
+        base = np.concatenate([[0], np.cumsum(np.asarray(self.widths, dtype=np.int64) * n_rows)[:-1]])
+        return Layout(**{**self.__dict__, "mod_base": xp.asarray(base)})
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+def _check_positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ArgumentError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _resolve_modalities(store: MultiomeStore, modalities) -> list[Modality]:
+    if modalities == ALL:
+        return [Modality("X", np.arange(store.n_vars, dtype=np.int64))]
+    names = [modalities] if isinstance(modalities, str) else list(modalities)
+    if not names:
+        raise ArgumentError("modalities is empty; give 'GEX', 'ATAC', a tuple of them, or 'all'")
+    valid = [*store.modalities, ALL]
+    for name in names:
+        if name not in store.modalities:
+            raise ArgumentError(f"{store.path}: unknown modality {name!r}; valid: {valid}")
+    if len(set(names)) != len(names):
+        raise ArgumentError(f"modalities {names} repeats a modality")
+    return [store.modalities[n] for n in names]
+
+
+def _distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None:
+            raise ArgumentError("pass both rank and world_size, or neither")
+        return int(rank), int(world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+class MultiomeLoader:
+    """Paired, shuffled mini-batches of a multiome h5ad as dense torch tensors on the device.
+
+    Parameters
+    ----------
+    data
+        Path to an ``.h5ad`` or an open :class:`~gpuload.store.MultiomeStore`.
+    batch_size, shuffle, drop_last
+        As ``torch.utils.data.DataLoader``. ``shuffle`` is ``False``, ``True`` (block shuffle)
+        or ``"full"`` (a true permutation).
+    seed
+        Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
+    modalities
+        ``("GEX", "ATAC")``, one name, or ``"all"`` (one full-width ``"X"``).
+    layer
+        ``None`` for X or a key of ``layers`` such as ``"counts"``.
+    transform
+        ``None`` (values as stored), one spec for every modality, or ``{modality: spec}``; a
+        spec is a name (``"log1p_size_factor"``, ``"normalize_total"``, ``"log1p"``,
+        ``"binarize"``, ``"tfidf"``, ``"identity"``), a ``{"name": ..., **params}`` dict or a
+        :class:`~gpuload.transforms.Transform`.
+    obs_keys
+        obs columns to deliver: ``None`` (all; for a single modality, its own and the shared
+        ones) or a list.
+    subset, split
+        Cells to use: a query string, boolean mask or integer indices; and/or the competition
+        split by batch (``"train"``, ``"val"``, ``"test"``).
+    device
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (or ``"cudasim"`` in tests).
+    chunk_size, window
+        Block-shuffle geometry (rows per contiguous read, chunks per shuffle window).
+    prefetch
+        Batches the background reader may hold ready (memory is O(window + prefetch)).
+    preload
+        ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
+        ``False``: keep the whole selected CSR on the device and gather every batch from it.
+    pipeline
+        ``"native"`` (zero-copy hand-off) or ``"dali"`` (a DALI external-source pipeline).
+    rank, world_size
+        Data-parallel share; by default taken from ``torch.distributed`` when initialized.
+    dtype
+        Output dtype of the matrices (``torch.float32``; ``float16``/``bfloat16`` are cast).
+    num_workers, pin_memory
+        Accepted for drop-in compatibility with DataLoader and ignored: gpuload's reader
+        thread replaces worker processes, and outputs are written on the target device.
+    """
+
+    def __init__(
+        self,
+        data: str | os.PathLike | MultiomeStore,
+        *,
+        batch_size: int = 32,
+        shuffle: bool | str = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        modalities: str | Sequence[str] = ("GEX", "ATAC"),
+        layer: str | None = None,
+        transform=None,
+        obs_keys: Sequence[str] | None = None,
+        subset=None,
+        split: str | None = None,
+        device: str | torch.device = "auto",
+        chunk_size: int = 512,
+        window: int = 8,
+        prefetch: int = 4,
+        preload: bool | str = "auto",
+        pipeline: str = "native",
+        rank: int | None = None,
+        world_size: int | None = None,
+        dtype: torch.dtype = torch.float32,
+        cache_dir: str | os.PathLike | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+    ) -> None:
+        self.batch_size = _check_positive_int("batch_size", batch_size)
+        self.prefetch = _check_positive_int("prefetch", prefetch)
+        self.drop_last = bool(drop_last)
+        if isinstance(data, MultiomeStore):
+            self.store = data
+        else:
+            self.store = open_multiome(data, layer=layer, cache_dir=cache_dir)
+        self.backend: Backend = get_backend(device)
+        self.modalities = _resolve_modalities(self.store, modalities)
+        self.positions = subset_positions(self.store.obs, subset, split, self.store.path)
+        rank, world_size = _distributed_rank(rank, world_size)
+        self.sampler = EpochSampler(
+            len(self.positions), shuffle, chunk_size, window, seed, rank, world_size, drop_last
+        )
+        self.dtype = dtype
+        if pipeline not in ("native", "dali"):
+            raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
+        self.pipeline = pipeline
+        keys = select_columns(self.store.obs, obs_keys, [m.name for m in self.modalities], self.store.path)
+        self.obs_columns = ObsColumns.from_frame(self.store.obs, keys)
+        self.obs_frame = self.backend.frame(self.store.obs[keys])
+        self._obs_device = {k: self.backend.to_device(v) for k, v in self.obs_columns.numeric.items()}
+        self._codes_device = {k: self.backend.to_device(v) for k, v in self.obs_columns.codes.items()}
+        self.transforms = self._parse_transforms(transform)
+        self._layout, self._row_scale = self._prepare_layout()
+        self._preload = self._resolve_preload(preload)
+        self._preloaded: RowBlock | None = None
+        self._epoch = 0
+        self._batches_done = 0
+        self._resume_requested = False
+        self._active_stop: threading.Event | None = None
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _parse_transforms(self, transform) -> dict[str, Transform]:
+        names = [m.name for m in self.modalities]
+        if isinstance(transform, dict) and not ("name" in transform and transform.get("name") not in names):
+            unknown = [k for k in transform if k not in names]
+            if unknown:
+                raise ArgumentError(
+                    f"transform names modalities {unknown} that are not loaded; loaded: {names}"
+                )
+            return {n: parse_transform(transform.get(n)) for n in names}
+        return {n: parse_transform(transform) for n in names}
+
+    def _prepare_layout(self) -> tuple[Layout, object]:
+        """Column routing, per-modality codes and per-cell scales, computed once."""
+        store, xp = self.store, self.backend.xp
+        stats = None
+        if any(t.needs_stats for t in self.transforms.values()):
+            stats = compute_stats(store, self.positions)
+        col_mod = np.full(store.n_vars, -1, dtype=np.int64)
+        col_out = np.zeros(store.n_vars, dtype=np.int64)
+        col_weight = np.ones(store.n_vars, dtype=np.float32)
+        row_scale = np.ones((store.n_cells, len(self.modalities)), dtype=np.float32)
+        codes, thresholds = [], []
+        for i, mod in enumerate(self.modalities):
+            col_mod[mod.columns] = i
+            col_out[mod.columns] = np.arange(mod.width)
+            prepared = self.transforms[mod.name].prepare(
+                mod.name, store.obs, stats, mod.columns, self.positions, store.path
+            )
+            codes.append(prepared.code)
+            thresholds.append(prepared.threshold)
+            if prepared.row_scale is not None:
+                row_scale[:, i] = prepared.row_scale
+            if prepared.col_weight is not None:
+                col_weight[mod.columns] = prepared.col_weight
+        layout = Layout(
+            names=tuple(m.name for m in self.modalities),
+            widths=tuple(m.width for m in self.modalities),
+            col_mod=xp.asarray(col_mod),
+            col_out=xp.asarray(col_out),
+            mod_width=xp.asarray(np.array([m.width for m in self.modalities], dtype=np.int64)),
+            mod_code=xp.asarray(np.array(codes, dtype=np.int64)),
+            mod_threshold=xp.asarray(np.array(thresholds, dtype=np.float64)),
+            col_weight=xp.asarray(col_weight),
+        )
+        return layout, xp.asarray(row_scale)
+
+    def _selected_nnz(self) -> int | None:
+        indptr = getattr(self.store._reader, "indptr", None)
+        if indptr is None:
+            return None
+        return int(np.diff(indptr)[self.positions].sum())
+
+    def _resolve_preload(self, preload: bool | str) -> bool:
+        if preload not in (True, False, "auto"):
+            raise ArgumentError(f"preload must be True, False or 'auto', got {preload!r}")
+        if preload != "auto":
+            return bool(preload)
+        if not self.backend.on_gpu:
+            return False
+        nnz = self._selected_nnz()
+        if nnz is None:
+            return False
+        enc = self.store.encoding
+        need = nnz * (enc.dtype.itemsize + enc.index_dtype.itemsize) + 8 * (self.positions.size + 1)
+        return need < 0.6 * self.backend.free_memory()
+
+    # -- DataLoader semantics ---------------------------------------------------------------
+    def __len__(self) -> int:
+        per_rank = self.sampler.per_rank
+        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Use the order of ``epoch`` for the next iteration (like ``DistributedSampler``)."""
+        self._epoch = int(epoch)
+        self._batches_done = 0
+        self._resume_requested = False
+
+    def categories(self, key: str) -> list[str]:
+        """The category list behind ``batch["obs_codes"][key]``."""
+        if key not in self.obs_columns.categories:
+            raise ArgumentError(
+                f"obs column {key!r} is not a delivered categorical; "
+                f"those are {list(self.obs_columns.categories)}"
+            )
+        return self.obs_columns.categories[key]
+
+    def state_dict(self) -> dict:
+        """Where this rank is: enough for a fresh process to resume the same epoch exactly."""
+        s = self.sampler
+        return {
+            "epoch": self._epoch,
+            "batches_done": self._batches_done,
+            "seed": s.seed,
+            "shuffle": s.shuffle,
+            "n_cells": s.n,
+            "batch_size": self.batch_size,
+            "rank": s.rank,
+            "world_size": s.world_size,
+            "drop_last": self.drop_last,
+            "chunk_size": s.chunk_size,
+            "window": s.window,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from ``state``; the loader must be configured like the one that saved it."""
+        mine = self.state_dict()
+        for key in (
+            "seed",
+            "shuffle",
+            "n_cells",
+            "batch_size",
+            "rank",
+            "world_size",
+            "drop_last",
+            "chunk_size",
+            "window",
+        ):
+            if state.get(key) != mine[key]:
+                raise ArgumentError(
+                    f"load_state_dict: state has {key}={state.get(key)!r} but this loader has {mine[key]!r}"
+                )
+        if not 0 <= int(state["batches_done"]) <= len(self):
+            raise ArgumentError(
+                f"load_state_dict: batches_done={state['batches_done']} is outside [0, {len(self)}]"
+            )
+        self._epoch = int(state["epoch"])
+        self._batches_done = int(state["batches_done"])
+        self._resume_requested = True
+
+    def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The file rows of every batch this rank yields in ``epoch`` (default: the next one)."""
+        order = self.positions[self.sampler.rank_order(self._epoch if epoch is None else epoch)]
+        n_batches = len(self)
+        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n_batches)]
+
+    def __iter__(self) -> Iterator[dict]:
+        if self._active_stop is not None:
+            self._active_stop.set()  # a new iteration ends an abandoned one, like DataLoader
+        if self._batches_done and not self._resume_requested:
+            # The last iteration was abandoned mid-epoch: like DataLoader, start a fresh epoch.
+            self._epoch += 1
+            self._batches_done = 0
+        self._resume_requested = False
+        batches = self.batch_rows()[self._batches_done :]
+        if self.pipeline == "dali":
+            from gpuload.pipeline import dali_batches
+
+            source = dali_batches(self, batches)
+        else:
+            source = self._produce_in_background(batches)
+        for batch in source:
+            self._batches_done += 1
+            yield batch
+        self._epoch += 1
+        self._batches_done = 0
+
+    # -- the reader thread ------------------------------------------------------------------
+    def _read_groups(self, batches: list[np.ndarray]) -> Iterator[tuple[RowBlock, list[np.ndarray]]]:
+        """(device block, its batches) for consecutive groups of about chunk_size*window cells."""
+        if self._preload:
+            if self._preloaded is None:
+                self._preloaded = self._to_device(self.store.read_block(self.positions))
+            yield self._preloaded, batches
+            return
+        per_group = max(1, (self.sampler.chunk_size * self.sampler.window) // self.batch_size)
+        for g in range(0, len(batches), per_group):
+            group = batches[g : g + per_group]
+            block = self.store.read_block(np.unique(np.concatenate(group)))
+            yield self._to_device(block), group
+
+    def _to_device(self, block: RowBlock) -> RowBlock:
+        b = self.backend
+        return RowBlock(
+            block.rows,
+            b.to_device(block.indptr),
+            b.to_device(block.indices),
+            b.to_device(block.data),
+        )
+
+    def assemble(self, block: RowBlock, rows: np.ndarray) -> dict:
+        """One batch: the gather kernel over ``block`` for file ``rows``, plus obs and masks."""
+        b, xp, layout = self.backend, self.backend.xp, self._layout
+        local = xp.asarray(block.local(rows))
+        rows_dev = xp.asarray(rows)
+        n = rows.size
+        kernel_dtype = torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
+        out = b.empty_output(n * sum(layout.widths), kernel_dtype)
+        with b.torch_stream():
+            present = torch.zeros((n, len(layout.names)), dtype=torch.int8, device=b.torch_device)
+        status = b.gather(block, local, layout.for_batch(xp, n), self._row_scale[rows_dev], out, present)
+        if int(status[0]) != ops.OK:
+            self._raise_kernel_error(int(status[0]), int(rows[int(status[1])]))
+        batch: dict = {}
+        start = 0
+        for name, width in zip(layout.names, layout.widths, strict=True):
+            view = out[start : start + n * width].view(n, width)
+            batch[name] = view if kernel_dtype == self.dtype else view.to(self.dtype)
+            start += n * width
+        batch["mask"] = {name: present[:, i].bool() for i, name in enumerate(layout.names)}
+        batch["index"] = b.to_torch(rows_dev)
+        batch["obs"], batch["obs_codes"] = self.gather_obs(rows, rows_dev)
+        b.synchronize()
+        return batch
+
+    def gather_obs(self, rows: np.ndarray, rows_dev) -> tuple[dict, dict]:
+        """obs of ``rows``: numeric columns as tensors, categoricals as strings and codes."""
+        to_torch = self.backend.to_torch
+        obs = {k: to_torch(v[rows_dev]) for k, v in self._obs_device.items()}
+        codes = {k: to_torch(v[rows_dev]) for k, v in self._codes_device.items()}
+        for k, host_codes in self.obs_columns.codes.items():
+            cats = self.obs_columns.categories[k]
+            obs[k] = [cats[c] if c >= 0 else None for c in host_codes[rows]]
+        return obs, codes
+
+    def _raise_kernel_error(self, code: int, row: int) -> None:
+        where = f"{self.store.path}:{self.store.key} row {row}"
+        if code == ops.NOT_FINITE:
+            raise DataValueError(f"{where}: a stored value is NaN or infinite")
+        if code == ops.NEGATIVE_UNDER_LOG:
+            raise DataValueError(
+                f"{where}: a negative value cannot go through a log1p transform {self.transforms}"
+            )
+        raise DataValueError(
+            f"{where}: a column index lies outside [0, {self.store.n_vars}); the file is corrupt"
+        )
+
+    def _produce_in_background(self, batches: list[np.ndarray]) -> Iterator[dict]:
+        """Run the reader thread and yield its batches; stop it however the consumer leaves."""
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        self._active_stop = stop
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=_POLL_SECONDS)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def produce() -> None:
+            try:
+                with self.backend.device_context():
+                    for block, group in self._read_groups(batches):
+                        for rows in group:
+                            if stop.is_set() or not put(self.assemble(block, rows)):
+                                return
+                put(_END)
+            except BaseException as e:  # handed to the consumer, which re-raises it
+                put(_Failure(e))
+
+        thread = threading.Thread(target=produce, name="gpuload-reader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                try:
+                    item = ready.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    if not thread.is_alive() and ready.empty():
+                        raise GpuloadError("gpuload reader thread ended without a result") from None
+                    continue
+                if item is _END:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.error
+                yield item
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+            if thread.is_alive():
+                warnings.warn("gpuload reader thread did not stop within 30 s", RuntimeWarning, stacklevel=2)
+            if self._active_stop is stop:
+                self._active_stop = None

@@ -1,0 +1,151 @@
+"""Per-cell metadata (obs): read it with anndata's own element reader, select columns and
+subsets, and hand per-batch values out as arrays.
+
+Numeric columns become float32 (NaN kept) or int64 arrays, booleans bool arrays, and
+categoricals or strings int64 codes plus their category list. On a GPU the frame lives in cuDF
+and the arrays in device memory (the backend decides); nothing here knows which.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from gpuload import schema
+from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
+
+if TYPE_CHECKING:
+    import h5py
+
+
+def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
+    """The obs frame via anndata's element registry (categoricals, nullable ints, strings)."""
+    from anndata.io import read_elem
+
+    if "obs" not in f:
+        raise SchemaError(f"{path}: no 'obs' group; expected an AnnData .h5ad")
+    try:
+        obs = read_elem(f["obs"])
+    except Exception as e:  # anndata raises many kinds on a malformed frame
+        raise SchemaError(f"{path}: obs cannot be read as an AnnData dataframe ({e})") from e
+    obs.index = obs.index.astype(str)
+    return obs
+
+
+def modality_of_column(column: str) -> str | None:
+    """'GEX' / 'ATAC' for columns named with that prefix or suffix, None for shared columns."""
+    for m in schema.MODALITIES:
+        if column.startswith(f"{m}_") or column.endswith(f"_{m}"):
+            return m
+    return None
+
+
+def select_columns(obs: pd.DataFrame, keys, modalities, path: Path) -> list[str]:
+    """Resolve ``obs_keys``: None = all columns, or a list (each must exist).
+
+    With a single modality and ``keys=None``, only that modality's columns and the shared ones
+    are kept (``GEX_n_counts`` but not ``ATAC_nCount_peaks``).
+    """
+    if keys is None:
+        if len(modalities) == 1 and modalities[0] in schema.MODALITIES:
+            keep = {modalities[0], None}
+            return [c for c in obs.columns if modality_of_column(c) in keep]
+        return list(obs.columns)
+    if isinstance(keys, str):
+        keys = [keys]
+    for k in keys:
+        if k not in obs.columns:
+            close = difflib.get_close_matches(k, list(obs.columns), n=3, cutoff=0.5)
+            hint = f"; did you mean {close}?" if close else f"; obs columns are {list(obs.columns)}"
+            raise ObsKeyError(f"{path}: obs has no column {k!r}{hint}")
+    return list(keys)
+
+
+def find_column(obs: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
+    """The first of ``candidates`` that obs has (the real files disagree on prefixes)."""
+    return next((c for c in candidates if c in obs.columns), None)
+
+
+def subset_positions(obs: pd.DataFrame, subset, split: str | None, path: Path) -> np.ndarray:
+    """Sorted row positions selected by ``subset`` (query string, bool mask or int indices)
+    and ``split`` (the competition split by batch)."""
+    n = len(obs)
+    keep = np.ones(n, dtype=bool)
+    if subset is not None:
+        keep &= _subset_mask(obs, subset, path)
+    if split is not None:
+        if split not in schema.SPLITS:
+            raise ArgumentError(f"split must be one of {list(schema.SPLITS)}, got {split!r}")
+        if "batch" not in obs.columns:
+            raise ObsKeyError(f"{path}: split={split!r} needs an obs 'batch' column")
+        batches = obs["batch"].astype(str).to_numpy()
+        keep &= np.isin(batches, schema.SPLITS[split])
+    positions = np.flatnonzero(keep)
+    if positions.size == 0:
+        raise ArgumentError(f"{path}: subset={subset!r} split={split!r} selects no cells")
+    return positions
+
+
+def _subset_mask(obs: pd.DataFrame, subset, path: Path) -> np.ndarray:
+    n = len(obs)
+    if isinstance(subset, str):
+        try:
+            hits = obs.assign(_gpuload_pos=np.arange(n)).query(subset)["_gpuload_pos"].to_numpy()
+        except Exception as e:  # pandas raises several kinds for a bad expression
+            raise ArgumentError(f"{path}: subset query {subset!r} failed: {e}") from e
+        mask = np.zeros(n, dtype=bool)
+        mask[hits] = True
+        return mask
+    arr = np.asarray(subset)
+    if arr.dtype == bool:
+        if arr.shape != (n,):
+            raise ArgumentError(f"{path}: a boolean subset must have {n} entries, got shape {arr.shape}")
+        return arr
+    if arr.dtype.kind in "iu":
+        arr = arr.reshape(-1).astype(np.int64)
+        if arr.size and (arr.min() < 0 or arr.max() >= n):
+            raise ArgumentError(f"{path}: subset indices must lie in [0, {n}), got {arr.min()}..{arr.max()}")
+        if np.unique(arr).size != arr.size:
+            raise ArgumentError(f"{path}: subset indices contain duplicates; a subset is a set of cells")
+        mask = np.zeros(n, dtype=bool)
+        mask[arr] = True
+        return mask
+    raise ArgumentError(f"subset must be a query string, a boolean mask or integer indices, got {arr.dtype}")
+
+
+@dataclass
+class ObsColumns:
+    """obs columns as host arrays, ready to be moved to the device and gathered per batch."""
+
+    numeric: dict[str, np.ndarray] = field(default_factory=dict)
+    codes: dict[str, np.ndarray] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def from_frame(cls, obs: pd.DataFrame, keys: list[str]) -> ObsColumns:
+        out = cls()
+        for k in keys:
+            col = obs[k]
+            dtype = col.dtype
+            if (
+                isinstance(dtype, pd.CategoricalDtype)
+                or pd.api.types.is_object_dtype(dtype)
+                or pd.api.types.is_string_dtype(dtype)
+            ):
+                cat = col.astype("category")
+                out.codes[k] = cat.cat.codes.to_numpy().astype(np.int64)
+                out.categories[k] = [str(c) for c in cat.cat.categories]
+            elif pd.api.types.is_bool_dtype(dtype):
+                out.numeric[k] = col.to_numpy(dtype=bool, na_value=False)
+            elif pd.api.types.is_integer_dtype(dtype) and not col.isna().any():
+                out.numeric[k] = col.to_numpy(dtype=np.int64)
+            elif pd.api.types.is_numeric_dtype(dtype):
+                out.numeric[k] = col.to_numpy(dtype=np.float32, na_value=np.nan)
+            else:
+                raise SchemaError(f"obs column {k!r} has dtype {dtype}, which gpuload cannot batch")
+        return out

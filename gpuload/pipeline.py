@@ -1,0 +1,82 @@
+"""Hand-off of assembled batches to PyTorch through a DALI external-source pipeline.
+
+The native hand-off (the default, in :mod:`gpuload.loader`) needs nothing here: the kernels
+write into torch memory, so a batch reaches the model without a copy (same ``data_ptr``).
+
+``pipeline="dali"`` feeds the same device buffers to ``fn.external_source`` (``no_copy=True``,
+on the GPU with the reader's CUDA stream) and takes the outputs back through
+``DALIGenericIterator``. That iterator copies each output into a torch tensor it owns (DALI
+reuses its own buffers), so this path is NOT zero-copy: it costs one device-to-device copy per
+batch, which ``tests/test_pipeline.py`` verifies by pointer. It is there for users whose
+training code already consumes DALI iterators or who add DALI operators to the pipeline.
+On a machine without a GPU the same pipeline runs on the CPU (``device_id=None``).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from gpuload.errors import DeviceError
+
+if TYPE_CHECKING:
+    from gpuload.loader import MultiomeLoader
+
+DALI_INSTALL_HINT = "pip install nvidia-dali-cuda120 (or the gpu-cu12 extra)"
+
+
+def _import_dali():
+    try:
+        from nvidia.dali import fn, pipeline_def
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+    except ImportError as e:
+        raise DeviceError(
+            f"pipeline='dali' needs NVIDIA DALI, which is not installed; {DALI_INSTALL_HINT}"
+        ) from e
+    return fn, pipeline_def, DALIGenericIterator
+
+
+def dali_batches(loader: MultiomeLoader, batches: list[np.ndarray]) -> Iterator[dict]:
+    """Yield ``loader``'s batches for ``batches`` after a round trip through a DALI pipeline."""
+    fn, pipeline_def, DALIGenericIterator = _import_dali()
+    backend = loader.backend
+    names = [*loader._layout.names, "index"]
+    produced = loader._produce_in_background(batches)
+    pending: deque[dict] = deque()  # the obs and masks that ride beside DALI, in order
+
+    def source():
+        batch = next(produced)  # StopIteration ends the DALI epoch
+        pending.append(batch)
+        return tuple(batch[n] if backend.on_gpu else batch[n].numpy() for n in names)
+
+    @pipeline_def(
+        batch_size=loader.batch_size,
+        num_threads=1,
+        device_id=backend.torch_device.index if backend.on_gpu else None,
+        exec_dynamic=True,
+        prefetch_queue_depth=1,
+    )
+    def pipe():
+        return fn.external_source(
+            source=source,
+            num_outputs=len(names),
+            batch=True,
+            no_copy=True,
+            device="gpu" if backend.on_gpu else "cpu",
+            cuda_stream=backend.stream.ptr if backend.on_gpu else None,
+        )
+
+    dali_pipe = pipe()
+    dali_pipe.build()
+    try:
+        for outputs in DALIGenericIterator([dali_pipe], names, auto_reset=False):
+            batch = pending.popleft()
+            for name in names:
+                batch[name] = outputs[0][name]
+            yield batch
+    finally:
+        produced.close()
+        del dali_pipe

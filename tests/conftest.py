@@ -1,0 +1,92 @@
+"""Shared fixtures: small synthetic files written by gpuload's generator through anndata, and
+the REAL 500-cell BMMC GEX starter file from ../shared (skipped where it is absent)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+
+from gpuload.backend import simulator_enabled
+from gpuload.synth import write_synthetic
+
+REAL_GEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "bmmc_multiome_starter_gex.h5ad"
+SMALL = {"n_cells": 600, "n_genes": 120, "n_peaks": 900}
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_sim = pytest.mark.skip(
+        reason="needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (make test sets it)"
+    )
+    skip_gpu = pytest.mark.skip(reason="needs a real NVIDIA GPU")
+    from gpuload.backend import gpu_available
+
+    for item in items:
+        if "cudasim" in item.keywords and not simulator_enabled():
+            item.add_marker(skip_sim)
+        if "gpu" in item.keywords and not gpu_available():
+            item.add_marker(skip_gpu)
+
+
+def file_digest(path: Path) -> tuple[str, int]:
+    """Content hash and mtime: what 'the input is never touched' is checked against."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest(), os.stat(path).st_mtime_ns
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="session")
+def small_h5ad(data_dir) -> Path:
+    """600 cells x (120 genes + 900 peaks), CSR float32."""
+    return write_synthetic(data_dir / "small.h5ad", **SMALL, seed=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def small_adata(small_h5ad) -> ad.AnnData:
+    return ad.read_h5ad(small_h5ad)
+
+
+VARIANTS = {
+    "csr-f32": {"x_format": "csr"},
+    "csr-f64-gzip": {"x_format": "csr", "dtype": "float64", "compression": "gzip"},
+    "csc-f32": {"x_format": "csc"},
+    "csc-f64-lzf": {"x_format": "csc", "dtype": "float64", "compression": "lzf"},
+    "dense-f32": {"x_format": "dense"},
+    "dense-f64-gzip": {"x_format": "dense", "dtype": "float64", "compression": "gzip"},
+}
+
+
+@pytest.fixture(scope="session", params=sorted(VARIANTS))
+def variant_h5ad(request, data_dir) -> Path:
+    """The same cells in every on-disk encoding gpuload supports."""
+    path = data_dir / f"variant-{request.param}.h5ad"
+    if not path.exists():
+        write_synthetic(
+            path, n_cells=300, n_genes=60, n_peaks=400, seed=2, progress=False, **VARIANTS[request.param]
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def real_gex() -> Path:
+    if not REAL_GEX.exists():
+        pytest.skip(f"{REAL_GEX} not present")
+    return REAL_GEX
+
+
+@pytest.fixture(autouse=True)
+def _cache_dir(tmp_path, monkeypatch):
+    """CSC sidecars go to a per-test folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("GPULOAD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
