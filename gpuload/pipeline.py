@@ -60,13 +60,15 @@ def dali_batches(loader: MultiomeLoader, batches: list[np.ndarray]) -> Iterator[
         prefetch_queue_depth=1,
     )
     def pipe():
-        return fn.external_source(
-            source=source,
-            num_outputs=len(names),
-            batch=True,
-            no_copy=True,
-            device="gpu" if backend.on_gpu else "cpu",
-            cuda_stream=backend.stream.ptr if backend.on_gpu else None,
+        return tuple(
+            fn.external_source(
+                source=source,
+                num_outputs=len(names),
+                batch=True,
+                no_copy=True,
+                device="gpu" if backend.on_gpu else "cpu",
+                cuda_stream=backend.stream.ptr if backend.on_gpu else None,
+            )
         )
 
     dali_pipe = pipe()

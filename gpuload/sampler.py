@@ -66,8 +66,8 @@ class EpochSampler:
 
     n: int
     shuffle: bool | str = True
-    chunk_size: int = 512
-    window: int = 8
+    chunk_size: int = 256
+    window: int = 16
     seed: int = 0
     rank: int = 0
     world_size: int = 1

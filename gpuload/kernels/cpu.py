@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from numba import njit, prange
 
-from gpuload.kernels.arithmetic import OK, scatter_value
+from gpuload.kernels import arithmetic
+from gpuload.kernels.arithmetic import OK
+
+scatter_value = njit(inline="always")(arithmetic.scatter_value)
 
 
 @njit(parallel=True, nogil=True, cache=True)

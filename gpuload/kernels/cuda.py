@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from numba import cuda
 
-from gpuload.kernels.arithmetic import OK, scatter_value
+from gpuload.kernels import arithmetic
+from gpuload.kernels.arithmetic import OK
+
+scatter_value = cuda.jit(device=True)(arithmetic.scatter_value)
 
 THREADS_PER_ROW = 128
 

@@ -1,0 +1,390 @@
+"""Train the reference :class:`~gpuload.models.MultiomeVAE` through :class:`MultiomeLoader` and
+score it on held-out cells with the three NeurIPS 2021 multimodal tasks.
+
+- Predict modality: GEX -> ATAC RMSE on binarized ATAC and ATAC -> GEX RMSE on
+  ``ln(1 + counts / size_factor)``, next to predicting every cell as the training cells' mean.
+- Match modality: an N x N matrix whose rows (GEX embeddings) are distributions over the
+  columns (ATAC embeddings); the score is the mass on the true partner, next to random 1/N.
+- Joint embedding: KMeans with one cluster per cell type -> NMI and ARI; cell-type ASW and
+  batch ASW, scaled as in the competition.
+
+Held-out cells are the competition's test batches when the file has the competition's batch
+names, else a seeded random 20%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: training runs on headless machines
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from sklearn.cluster import KMeans
+from sklearn.decomposition import PCA
+from sklearn.metrics import (
+    adjusted_rand_score,
+    normalized_mutual_info_score,
+    silhouette_samples,
+    silhouette_score,
+)
+from tqdm.auto import tqdm
+
+from gpuload import schema
+from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
+from gpuload.loader import MultiomeLoader
+from gpuload.metadata import find_column
+from gpuload.models import SIZE_FACTOR_KEYS, MultiomeVAE, log_normalize, size_factors_of
+from gpuload.store import MultiomeStore, open_multiome
+
+MAX_MATCH_CELLS = 1000
+TEST_FRACTION = 0.2
+LEARNING_RATE = 1e-3
+
+
+def split_cells(
+    batches: np.ndarray, seed: int, max_cells: int | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Row indices of the training and held-out cells, and how they were chosen.
+
+    ``batches`` is the obs ``batch`` column as strings. ``max_cells`` first keeps a seeded
+    random subset of the file.
+    """
+    rng = np.random.default_rng(seed)
+    rows = np.arange(batches.size)
+    if max_cells is not None and max_cells < rows.size:
+        rows = np.sort(rng.choice(rows, max_cells, replace=False))
+    is_train = np.isin(batches[rows], schema.SPLITS["train"])
+    is_test = np.isin(batches[rows], schema.SPLITS["test"])
+    if is_train.any() and is_test.any():
+        return rows[is_train], rows[is_test], "competition split by batch; val batches unused"
+    held_out = rng.random(rows.size) < TEST_FRACTION
+    return rows[~held_out], rows[held_out], f"seeded random {TEST_FRACTION:.0%} of cells"
+
+
+class _FeatureMeans:
+    """Running per-feature sums of the training targets: the mean-per-feature baseline."""
+
+    def __init__(self) -> None:
+        self.gex = self.atac = 0.0
+        self.n_cells = 0
+
+    def add(self, batch: dict) -> None:
+        self.gex = self.gex + log_normalize(batch["GEX"], size_factors_of(batch)).sum(0)
+        self.atac = self.atac + batch["ATAC"].sum(0)
+        self.n_cells += batch["GEX"].shape[0]
+
+    def means(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.gex / self.n_cells, self.atac / self.n_cells
+
+
+def _fit(
+    model: MultiomeVAE, loader: MultiomeLoader, epochs: int, progress: bool
+) -> tuple[list[float], _FeatureMeans, float]:
+    """Adam over ``epochs``; returns the mean loss per epoch, the training feature means
+    (summed during the first epoch, which visits every training cell once) and cells/s."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
+    baseline = _FeatureMeans()
+    history, n_cells, start = [], 0, time.perf_counter()
+    bar = tqdm(total=epochs * len(loader), desc="train", unit="batch", disable=not progress)
+    model.train()
+    for epoch in range(epochs):
+        epoch_loss = 0.0
+        for step, batch in enumerate(loader):
+            if epoch == 0:
+                baseline.add(batch)
+            loss, _ = model.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            epoch_loss += loss.detach()
+            n_cells += batch["GEX"].shape[0]
+            bar.update()
+            if step % 10 == 0:  # reading the loss waits for the device; not every step
+                rate = n_cells / (time.perf_counter() - start)
+                bar.set_postfix(loss=f"{float(loss.detach()):.1f}", cells_s=f"{rate:.0f}")
+        history.append(float(epoch_loss) / len(loader))
+    bar.close()
+    return history, baseline, n_cells / (time.perf_counter() - start)
+
+
+def matching_matrix(gex_post: torch.Tensor, atac_post: torch.Tensor) -> torch.Tensor:
+    """Row i: how likely each ATAC cell j is GEX cell i's partner, from posterior overlap.
+
+    Two posteriors N(m_i, v_i) and N(m_j, v_j) describe the same z with likelihood
+    N(m_i - m_j; 0, v_i + v_j); each row is that likelihood normalized over j (rows sum to 1).
+    ``gex_post`` and ``atac_post`` are stacked (mean, variance), [2, cells, latent_dim].
+    """
+    (m_g, v_g), (m_a, v_a) = gex_post, atac_post
+    var = v_g[:, None, :] + v_a[None, :, :]
+    log_lik = -0.5 * ((m_g[:, None, :] - m_a[None, :, :]).square() / var + var.log()).sum(-1)
+    return torch.softmax(log_lik, dim=1)
+
+
+def batch_asw(embedding: np.ndarray, batches: np.ndarray, cell_types: np.ndarray) -> float:
+    """The competition's batch ASW: within each cell type, 1 - |silhouette by batch| per cell,
+    averaged per cell type and then over cell types (1 = batches fully mixed)."""
+    scores = []
+    for cell_type in np.unique(cell_types):
+        here = cell_types == cell_type
+        if np.unique(batches[here]).size < 2 or here.sum() <= np.unique(batches[here]).size:
+            continue  # silhouette needs >= 2 batches and more cells than batches
+        scores.append(np.mean(1.0 - np.abs(silhouette_samples(embedding[here], batches[here]))))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def embedding_scores(
+    embedding: np.ndarray, cell_types: np.ndarray, batches: np.ndarray, seed: int
+) -> dict[str, float]:
+    """NMI and ARI of a KMeans clustering (one cluster per cell type), and the two ASWs."""
+    n_types = np.unique(cell_types).size
+    clusters = KMeans(n_clusters=n_types, n_init=10, random_state=seed).fit_predict(embedding)
+    return {
+        "nmi": float(normalized_mutual_info_score(cell_types, clusters)),
+        "ari": float(adjusted_rand_score(cell_types, clusters)),
+        "asw_cell_type": float((silhouette_score(embedding, cell_types) + 1.0) / 2.0),
+        "asw_batch": batch_asw(embedding, batches, cell_types),
+    }
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultiomeVAE, loader: MultiomeLoader, train_means: tuple, seed: int
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """All held-out metrics, streaming over ``loader``; also the embeddings for the plot."""
+    model.eval()
+    gex_mean, atac_mean = train_means
+    squared = dict.fromkeys(("atac", "atac_base", "gex", "gex_base"), 0.0)
+    n_gex = n_atac = 0
+    posteriors: dict[str, list] = {"joint": [], "gex": [], "atac": []}
+    cell_types, batches = [], []
+    for batch in loader:
+        gex, atac, codes = batch["GEX"], batch["ATAC"], batch["obs_codes"]["batch"]
+        size_factors = size_factors_of(batch)
+        target = log_normalize(gex, size_factors)
+        predicted = model.predict_gex_from_atac(atac, codes, gex.sum(-1), size_factors)
+        squared["gex"] += (predicted - target).square().sum()
+        squared["gex_base"] += (gex_mean - target).square().sum()
+        squared["atac"] += (model.predict_atac_from_gex(gex, codes) - atac).square().sum()
+        squared["atac_base"] += (atac_mean - atac).square().sum()
+        n_gex, n_atac = n_gex + target.numel(), n_atac + atac.numel()
+        for name, (mean, var) in model.posteriors(gex, atac).items():
+            posteriors[name].append(torch.stack([mean, var]).cpu())
+        cell_types += batch["obs"]["cell_type"]
+        batches += batch["obs"]["batch"]
+    metrics = {
+        "gex2atac_rmse": float((squared["atac"] / n_atac).sqrt()),
+        "gex2atac_rmse_baseline": float((squared["atac_base"] / n_atac).sqrt()),
+        "atac2gex_rmse": float((squared["gex"] / n_gex).sqrt()),
+        "atac2gex_rmse_baseline": float((squared["gex_base"] / n_gex).sqrt()),
+    }
+    # [2 (mean, var), cells, latent] per posterior
+    mean_var = {name: torch.cat(parts, dim=1) for name, parts in posteriors.items()}
+    n_cells = mean_var["joint"].shape[1]
+    pick = np.sort(np.random.default_rng(seed).permutation(n_cells)[:MAX_MATCH_CELLS])
+    match = matching_matrix(mean_var["gex"][:, pick], mean_var["atac"][:, pick])
+    metrics.update(
+        match_score=float(match.diagonal().mean()), match_random=1.0 / pick.size, match_n=int(pick.size)
+    )
+    embedding = mean_var["joint"][0].numpy()
+    cell_types, batches = np.array(cell_types), np.array(batches)
+    metrics.update(embedding_scores(embedding, cell_types, batches, seed))
+    return metrics, {"embedding": embedding, "cell_type": cell_types, "batch": batches}
+
+
+def plot_embedding(embedding: np.ndarray, cell_types: np.ndarray, batches: np.ndarray, path: Path) -> None:
+    """The joint embedding's first two principal components, coloured by cell type and by batch."""
+    xy = PCA(n_components=2).fit_transform(embedding)
+    fig, axes = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
+    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
+    for ax, labels, title in ((axes[0], cell_types, "cell type"), (axes[1], batches, "batch")):
+        for i, label in enumerate(np.unique(labels)):
+            on = labels == label
+            ax.scatter(*xy[on].T, s=4, color=colours[i % len(colours)], label=label, rasterized=True)
+        ax.set(title=f"held-out joint embedding (PCA) by {title}", xlabel="PC 1", ylabel="PC 2")
+        ax.legend(fontsize=7, markerscale=3, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(metrics: dict, path: Path) -> None:
+    """report.md: the run, then one markdown table row per metric."""
+    m = metrics
+    rows = [  # task, metric, metrics key, what the baseline is
+        ("Predict GEX -> ATAC", "RMSE on binarized ATAC", "gex2atac_rmse", "mean per peak"),
+        ("Predict ATAC -> GEX", "RMSE on ln(1 + counts / size factor)", "atac2gex_rmse", "mean per gene"),
+        ("Match modality", f"mean M[i, i], N = {m['match_n']}", "match_score", "random 1/N"),
+        ("Joint embedding", f"NMI, KMeans k = {m['n_cell_types']}", "nmi", ""),
+        ("Joint embedding", "ARI", "ari", ""),
+        ("Joint embedding", "cell-type ASW, (asw + 1) / 2", "asw_cell_type", ""),
+        ("Joint embedding", "batch ASW, 1 - abs(asw) within cell types", "asw_batch", ""),
+    ]
+    baselines = {
+        "gex2atac_rmse": m["gex2atac_rmse_baseline"],
+        "atac2gex_rmse": m["atac2gex_rmse_baseline"],
+        "match_score": m["match_random"],
+    }
+    lines = [
+        "# gpuload MultiomeVAE training report",
+        "",
+        f"- data: `{m['data']}`",
+        f"- cells: {m['n_train']} training, {m['n_test']} held out ({m['split']})",
+        f"- model: {m['gex_likelihood']} GEX likelihood, latent {m['latent_dim']}; "
+        f"{m['epochs']} epochs of {m['batch_size']} cells on {m['device']}",
+        f"- training: {m['train_seconds']:.1f} s, {m['cells_per_second']:.0f} cells/s; "
+        f"loss per epoch {', '.join(f'{x:.1f}' for x in m['loss_history'])}",
+        "",
+        "| task | metric | model | baseline | baseline is |",
+        "|---|---|---:|---:|---|",
+    ]
+    for task, metric, key, what in rows:
+        base = f"{baselines[key]:.4f}" if key in baselines else ""
+        lines.append(f"| {task} | {metric} | {m[key]:.4f} | {base} | {what} |")
+    lines += [
+        "",
+        "Lower RMSE is better; higher is better for the rest. Baselines use the training cells only.",
+        "ATAC -> GEX with the NB likelihood averages NB draws at each held-out cell's GEX library size",
+        "and size factor (its sequencing depth, none of its expression values).",
+        "",
+        "![held-out joint embedding](embedding.png)",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def _open_checked(data_path: str | os.PathLike) -> tuple[MultiomeStore, str]:
+    """The counts layer of a paired file, and its size-factor column; clear errors otherwise."""
+    store = open_multiome(data_path, layer="counts")
+    try:
+        missing = [m for m in ("GEX", "ATAC") if m not in store.modalities]
+        if missing:
+            raise SchemaError(
+                f"{data_path}: training needs paired GEX + ATAC; it has no {missing[0]} features"
+            )
+        for column in ("batch", "cell_type"):
+            if column not in store.obs.columns:
+                raise ObsKeyError(f"{data_path}: training needs an obs {column!r} column")
+        size_factor_key = find_column(store.obs, SIZE_FACTOR_KEYS)
+        if size_factor_key is None:
+            raise ObsKeyError(
+                f"{data_path}: training needs GEX size factors, obs {' or '.join(SIZE_FACTOR_KEYS)}"
+            )
+    except BaseException:
+        store.close()
+        raise
+    return store, size_factor_key
+
+
+def train(
+    data_path: str | os.PathLike,
+    *,
+    epochs: int = 5,
+    batch_size: int = 256,
+    device: str = "auto",
+    out_dir: str | os.PathLike = "train_out",
+    seed: int = 0,
+    max_cells: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Train a MultiomeVAE on ``data_path`` and evaluate it on held-out cells.
+
+    Writes ``model.pt`` (``model_args``, ``state_dict``, ``batch_categories``),
+    ``metrics.json``, ``report.md`` and ``embedding.png`` to ``out_dir``, and returns the
+    metrics (see the module docstring) together with the run's settings.
+    """
+    if epochs < 1:
+        raise ArgumentError(f"epochs must be at least 1, got {epochs}")
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    store, size_factor_key = _open_checked(data_path)
+    with store:
+        train_rows, test_rows, split = split_cells(store.obs["batch"].astype(str).to_numpy(), seed, max_cells)
+        # Raw GEX counts (the NB likelihood wants them) and binarized ATAC, on the device.
+        common = {
+            "batch_size": batch_size,
+            "seed": seed,
+            "modalities": ("GEX", "ATAC"),
+            "transform": {"GEX": None, "ATAC": "binarize"},
+            "obs_keys": ["batch", "cell_type", size_factor_key],
+            "device": device,
+        }
+        train_loader = MultiomeLoader(store, subset=train_rows, shuffle=True, **common)
+        test_loader = MultiomeLoader(store, subset=test_rows, shuffle=False, **common)
+        model_args = {
+            "n_genes": store.modalities["GEX"].width,
+            "n_peaks": store.modalities["ATAC"].width,
+            "n_batches": len(train_loader.categories("batch")),
+            "latent_dim": 16,
+            "hidden": 256,
+            "gex_likelihood": "nb",
+        }
+        torch_device = train_loader.backend.torch_device
+        model = MultiomeVAE(**model_args).to(torch_device)
+        start = time.perf_counter()
+        history, baseline, cells_per_second = _fit(model, train_loader, epochs, progress)
+        train_seconds = time.perf_counter() - start
+        metrics, plot_data = evaluate(model, test_loader, baseline.means(), seed)
+        batch_categories = train_loader.categories("batch")
+    metrics.update(
+        data=str(data_path),
+        split=split,
+        n_train=int(train_rows.size),
+        n_test=int(test_rows.size),
+        n_cell_types=int(np.unique(plot_data["cell_type"]).size),
+        epochs=epochs,
+        batch_size=batch_size,
+        device=str(torch_device),
+        seed=seed,
+        gex_likelihood=model_args["gex_likelihood"],
+        latent_dim=model_args["latent_dim"],
+        loss_history=history,
+        train_seconds=train_seconds,
+        cells_per_second=cells_per_second,
+    )
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
+    torch.save(
+        {"model_args": model_args, "state_dict": state, "batch_categories": batch_categories},
+        out / "model.pt",
+    )
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_embedding(plot_data["embedding"], plot_data["cell_type"], plot_data["batch"], out / "embedding.png")
+    write_report(metrics, out / "report.md")
+    return metrics
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``gpuload train`` options."""
+    parser.add_argument("data", metavar="DATA", help="paired GEX + ATAC .h5ad with layers['counts']")
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the training cells (default 5)")
+    parser.add_argument("--batch-size", type=int, default=256, help="cells per step (default 256)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--out", default="train_out", metavar="DIR", help="output folder (default train_out)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split, the order and the model")
+    parser.add_argument("--max-cells", type=int, default=None, help="train and test on a random subset")
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``gpuload train``: train, then print where the report is and the headline numbers."""
+    m = train(
+        args.data,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        device=args.device,
+        out_dir=args.out,
+        seed=args.seed,
+        max_cells=args.max_cells,
+    )
+    print(f"report: {Path(args.out) / 'report.md'}")
+    print(f"GEX->ATAC RMSE {m['gex2atac_rmse']:.4f} (baseline {m['gex2atac_rmse_baseline']:.4f})")
+    print(f"ATAC->GEX RMSE {m['atac2gex_rmse']:.4f} (baseline {m['atac2gex_rmse_baseline']:.4f})")
+    print(f"matching {m['match_score']:.4f} (random {m['match_random']:.4f})")
+    print(f"NMI {m['nmi']:.3f}  ARI {m['ari']:.3f}", end="  ")
+    print(f"ASW cell type {m['asw_cell_type']:.3f}  batch {m['asw_batch']:.3f}")
+    return 0

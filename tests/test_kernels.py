@@ -1,0 +1,297 @@
+"""The gather kernels: CUDA (under the simulator) == CPU twin == independent references.
+
+References: scipy ``toarray`` for the gather, scanpy ``normalize_total`` + ``log1p``, muon
+``atac.pp.binarize`` / ``atac.pp.tfidf`` (both flavours), and the REAL BMMC GEX file, whose X
+equals ln(1 + counts / size_factors).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import anndata as ad
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gpuload import MultiomeLoader
+from gpuload.backend import get_backend
+from gpuload.errors import DataValueError
+from gpuload.kernels import arithmetic as ops
+from gpuload.loader import Layout
+from gpuload.store import RowBlock
+
+FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
+
+
+def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold=0.0):
+    """Run one face's kernel on a CSR matrix; ``groups`` lists each modality's columns."""
+    backend = get_backend(face)
+    n_vars = csr.shape[1]
+    col_mod = np.full(n_vars, -1, np.int64)
+    col_out = np.zeros(n_vars, np.int64)
+    for m, cols in enumerate(groups):
+        col_mod[cols] = m
+        col_out[cols] = np.arange(len(cols))
+    widths = tuple(len(c) for c in groups)
+    layout = Layout(
+        names=tuple(f"m{i}" for i in range(len(groups))),
+        widths=widths,
+        col_mod=col_mod,
+        col_out=col_out,
+        mod_width=np.array(widths, np.int64),
+        mod_code=np.array(codes, np.int64),
+        mod_threshold=np.full(len(groups), threshold),
+        col_weight=np.ones(n_vars, np.float32) if col_weight is None else col_weight.astype(np.float32),
+    ).for_batch(np, len(rows))
+    block = RowBlock(np.arange(csr.shape[0]), csr.indptr.astype(np.int64), csr.indices, csr.data)
+    out = torch.full((len(rows) * sum(widths),), -7.0)  # garbage: the kernel must zero it
+    present = torch.zeros((len(rows), len(groups)), dtype=torch.int8)
+    scale = np.ascontiguousarray(row_scale[rows], dtype=np.float32)
+    status = backend.gather(block, np.asarray(rows, np.int64), layout, scale, out, present)
+    parts, start = [], 0
+    for w in widths:
+        parts.append(out[start : start + len(rows) * w].view(len(rows), w).numpy().copy())
+        start += len(rows) * w
+    return parts, present.numpy().astype(bool), status
+
+
+def random_csr(rng, n_rows, n_cols, density, dtype=np.float32, index_dtype=np.int32):
+    m = sp.random(n_rows, n_cols, density=density, format="csr", random_state=rng, dtype=np.float64)
+    m.data = np.ceil(m.data * 5).astype(dtype)
+    m.indices = m.indices.astype(index_dtype)
+    m.indptr = m.indptr.astype(index_dtype)
+    return m
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_gather_identity_matches_scipy(face, rng):
+    csr = random_csr(rng, 20, 30, 0.2)
+    csr.data[csr.indptr[3] : csr.indptr[4]] = 0  # an empty row
+    csr.eliminate_zeros()
+    assert csr.indptr[3] == csr.indptr[4]
+    rows = np.array([5, 3, 3, 19, 0])
+    groups = [np.arange(0, 12), np.arange(12, 30)]
+    (a, b), present, status = gather(face, csr, rows, groups, [ops.IDENTITY] * 2, np.ones((20, 2)))
+    dense = csr[rows].toarray()
+    np.testing.assert_array_equal(a, dense[:, :12])
+    np.testing.assert_array_equal(b, dense[:, 12:])
+    np.testing.assert_array_equal(present, np.stack([(a != 0).any(1), (b != 0).any(1)], 1))
+    assert status[0] == ops.OK
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_scattered_columns_and_unrequested_columns(face, rng):
+    """A modality's columns need not be contiguous; columns of no modality are skipped."""
+    csr = random_csr(rng, 10, 25, 0.4)
+    groups = [np.array([24, 0, 7, 3]), np.array([10, 11, 20])]
+    (a, b), _, _ = gather(face, csr, np.arange(10), groups, [ops.IDENTITY] * 2, np.ones((10, 2)))
+    dense = csr.toarray()
+    np.testing.assert_array_equal(a, dense[:, groups[0]])
+    np.testing.assert_array_equal(b, dense[:, groups[1]])
+
+
+@pytest.mark.cudasim
+def test_every_transform_cuda_equals_cpu(rng):
+    csr = random_csr(rng, 12, 16, 0.3, dtype=np.float64, index_dtype=np.int64)
+    rows = np.array([11, 0, 4, 4])
+    scale = rng.uniform(0.1, 3.0, (12, 1))
+    weight = rng.uniform(0.5, 2.0, 16)
+    for code in (
+        ops.IDENTITY,
+        ops.BINARIZE,
+        ops.SCALE,
+        ops.SCALE_LOG1P,
+        ops.TFIDF_LOGTF_LOGIDF,
+        ops.TFIDF_LOG_TFIDF,
+    ):
+        cpu, _, _ = gather("cpu", csr, rows, [np.arange(16)], [code], scale, weight, threshold=1.5)
+        sim, _, _ = gather("cudasim", csr, rows, [np.arange(16)], [code], scale, weight, threshold=1.5)
+        np.testing.assert_allclose(sim[0], cpu[0], rtol=1e-6, err_msg=f"code {code}")
+
+
+@st.composite
+def csr_cases(draw):
+    n_rows = draw(st.integers(1, 8))
+    n_cols = draw(st.integers(1, 12))
+    density = draw(st.sampled_from([0.0, 0.1, 0.5, 1.0]))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    index_dtype = draw(st.sampled_from([np.int32, np.int64]))
+    csr = random_csr(rng, n_rows, n_cols, density, dtype, index_dtype)
+    if draw(st.booleans()):  # unsorted indices within rows
+        for r in range(n_rows):
+            lo, hi = csr.indptr[r], csr.indptr[r + 1]
+            order = rng.permutation(hi - lo)
+            csr.indices[lo:hi] = csr.indices[lo:hi][order]
+            csr.data[lo:hi] = csr.data[lo:hi][order]
+        csr.has_sorted_indices = False
+    rows = rng.integers(0, n_rows, draw(st.integers(1, 6)))
+    split = draw(st.integers(0, n_cols))
+    scale = rng.uniform(0.2, 4.0, (n_rows, 2))
+    return csr, rows, split, scale
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(csr_cases(), st.sampled_from([ops.IDENTITY, ops.BINARIZE, ops.SCALE, ops.SCALE_LOG1P]))
+def test_cpu_twin_properties(case, code):
+    csr, rows, split, scale = case
+    groups = [np.arange(split), np.arange(split, csr.shape[1])]
+    parts, present, status = gather("cpu", csr, rows, groups, [code, code], scale)
+    dense = csr[rows].toarray()
+    assert status[0] == ops.OK
+    for m, (part, cols) in enumerate(zip(parts, groups, strict=True)):
+        x = dense[:, cols]
+        s = scale[rows, m][:, None]
+        expected = {
+            ops.IDENTITY: x,
+            ops.BINARIZE: (x > 0).astype(float),
+            ops.SCALE: x * s,
+            ops.SCALE_LOG1P: np.log1p(x * s),
+        }[code]
+        np.testing.assert_allclose(part, expected, rtol=1e-6, atol=1e-6)
+        np.testing.assert_array_equal(present[:, m], (x != 0).any(axis=1))
+
+
+@pytest.mark.cudasim
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(csr_cases())
+def test_cuda_simulator_equals_cpu_twin(case):
+    csr, rows, split, scale = case
+    groups = [np.arange(split), np.arange(split, csr.shape[1])]
+    codes = [ops.SCALE_LOG1P, ops.BINARIZE]
+    cpu, cpu_present, _ = gather("cpu", csr, rows, groups, codes, scale)
+    sim, sim_present, _ = gather("cudasim", csr, rows, groups, codes, scale)
+    for a, b in zip(cpu, sim, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6)
+    np.testing.assert_array_equal(cpu_present, sim_present)
+
+
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize(
+    "bad, code", [(np.nan, ops.NOT_FINITE), (np.inf, ops.NOT_FINITE), (-2.0, ops.NEGATIVE_UNDER_LOG)]
+)
+def test_bad_values_are_reported_not_silent(face, bad, code):
+    csr = sp.csr_matrix(np.array([[1.0, 0, 2], [0, 3.0, 0]], np.float32))
+    csr.data[2] = bad  # row 1's only value
+    _, _, status = gather(face, csr, np.array([0, 1]), [np.arange(3)], [ops.SCALE_LOG1P], np.ones((2, 1)))
+    assert (status[0], status[1]) == (code, 1)
+
+
+# -- transforms end to end, against scanpy and muon ------------------------------------------
+
+
+def _modality(adata, name, layer="counts"):
+    mask = (adata.var["feature_types"] == name).to_numpy()
+    return ad.AnnData(X=sp.csr_matrix(adata.layers[layer][:, mask], dtype=np.float64), obs=adata.obs.copy())
+
+
+def _load(path, face, transform, modality, n_cells=None):
+    subset = None if n_cells is None else np.arange(n_cells)
+    loader = MultiomeLoader(
+        path,
+        batch_size=64,
+        shuffle=False,
+        device=face,
+        layer="counts",
+        modalities=modality,
+        transform=transform,
+        subset=subset,
+        obs_keys=[],
+    )
+    return torch.cat([b[modality] for b in loader]).numpy()
+
+
+SIM_CELLS = 24  # the simulator runs every thread in Python: keep its batches tiny
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_normalize_total_log1p_matches_scanpy(face, small_h5ad, small_adata):
+    import scanpy as sc
+
+    n = SIM_CELLS if face == "cudasim" else None
+    ref = _modality(small_adata[:n] if n else small_adata, "GEX")
+    sc.pp.normalize_total(ref)
+    sc.pp.log1p(ref)
+    got = _load(small_h5ad, face, "normalize_total", "GEX", n)
+    np.testing.assert_allclose(got, ref.X.toarray(), rtol=2e-5, atol=1e-6)
+    ref2 = _modality(small_adata, "GEX")
+    sc.pp.normalize_total(ref2, target_sum=1e4)
+    got2 = _load(small_h5ad, "cpu", {"name": "normalize_total", "target_sum": 1e4, "log1p": False}, "GEX")
+    np.testing.assert_allclose(got2, ref2.X.toarray(), rtol=2e-5)
+
+
+@pytest.mark.parametrize("face", FACES)
+@pytest.mark.parametrize("flavor", ["muon", "signac"])
+def test_tfidf_matches_muon(face, flavor, small_h5ad, small_adata):
+    import muon as mu
+
+    n = SIM_CELLS if face == "cudasim" else None
+    ref = _modality(small_adata[:n] if n else small_adata, "ATAC")
+    if flavor == "muon":
+        mu.atac.pp.tfidf(ref)
+    else:
+        mu.atac.pp.tfidf(ref, log_tf=False, log_idf=False, log_tfidf=True)
+    got = _load(small_h5ad, face, {"name": "tfidf", "flavor": flavor}, "ATAC", n)
+    np.testing.assert_allclose(got, np.asarray(ref.X.todense()), rtol=2e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_binarize_matches_muon(face, small_h5ad, small_adata):
+    import muon as mu
+
+    n = SIM_CELLS if face == "cudasim" else None
+    ref = _modality(small_adata[:n] if n else small_adata, "ATAC")
+    mu.atac.pp.binarize(ref)
+    np.testing.assert_array_equal(_load(small_h5ad, face, "binarize", "ATAC", n), ref.X.toarray())
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_log1p_size_factor_rebuilds_x_on_the_real_file(face, real_gex):
+    """The organisers' X equals ln(1 + counts / size_factors): rebuild it from counts."""
+    adata = ad.read_h5ad(real_gex)
+    n = SIM_CELLS if face == "cudasim" else 500
+    got = _load(real_gex, face, "log1p_size_factor", "GEX", n)
+    np.testing.assert_allclose(got, adata.X[:n].toarray(), atol=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0.0, np.nan, -1.0])
+def test_bad_size_factors_raise(tmp_path, small_adata, bad):
+    adata = small_adata.copy()
+    adata.obs.loc[adata.obs.index[5], "GEX_size_factors"] = bad
+    path = tmp_path / "badsf.h5ad"
+    adata.write_h5ad(path)
+    with pytest.raises(DataValueError, match="GEX_size_factors.*row 5"):
+        MultiomeLoader(path, layer="counts", transform={"GEX": "log1p_size_factor"}, device="cpu")
+
+
+def test_cuda_kernel_compiles_to_ptx():
+    """Real PTX for the CUDA kernel (NVRTC, no GPU), outside the simulator."""
+    script = textwrap.dedent(
+        """
+        import types
+        import numba.cuda.dispatcher as dispatcher
+        # Device functions ask the current device for its compute capability; there is none.
+        dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
+        from numba import cuda
+        from gpuload.kernels.cuda import gather_rows
+        for data, index in (("float32", "int32"), ("float64", "int64")):
+            sig = (f"int64[:], {index}[:], {data}[:], int64[:], int64[:], int64[:], int64[:], int64[:], "
+                   "int64[:], float64[:], float32[:, :], float32[:], float32[:], int8[:, :], int64[:]")
+            ptx, _ = cuda.compile_ptx(gather_rows.py_func, sig, cc=(8, 0))
+            assert ".entry" in ptx and "st.global" in ptx, ptx[:200]
+        print("ok")
+        """
+    )
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
