@@ -49,9 +49,13 @@ def plot_results(results: list[dict], path: Path, title: str = "") -> Path:
     ax.set_title(title or "Shuffled dense GEX + ATAC batches with cell_type (label: x seed)", fontsize=10)
     top = max((r["cells_per_s"] for r in measured), default=1.0)
     ax.set_ylim(top=top * 3)
-    skipped = sorted({r.get("label") or r["contender"] for r in results if r.get("status") != "ok"})
+    skipped = {
+        f"{r.get('label') or r['contender']}: {r.get('reason', r.get('status'))}"
+        for r in results
+        if r.get("status") != "ok"
+    }
     if skipped:
-        fig.text(0.01, 0.01, "not measured: " + ", ".join(skipped), fontsize=8, color="0.4")
+        fig.text(0.01, 0.01, "; ".join(sorted(skipped)), fontsize=8, color="0.4")
     ax.legend(fontsize=8, loc="upper left", ncols=2)
     ax.grid(axis="y", which="both", alpha=0.3)
     fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))

@@ -180,7 +180,7 @@ class MultiomeLoader:
         self.modalities = _resolve_modalities(self.store, modalities)
         self.positions = subset_positions(self.store.obs, subset, split, self.store.path)
         rank, world_size = _distributed_rank(rank, world_size)
-        self.sampler = EpochSampler(
+        self.epoch_sampler = EpochSampler(
             len(self.positions), shuffle, chunk_size, window, seed, rank, world_size, drop_last
         )
         self.dtype = dtype
@@ -270,7 +270,7 @@ class MultiomeLoader:
 
     # -- DataLoader semantics ---------------------------------------------------------------
     def __len__(self) -> int:
-        per_rank = self.sampler.per_rank
+        per_rank = self.epoch_sampler.per_rank
         return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
 
     @property
@@ -294,7 +294,7 @@ class MultiomeLoader:
 
     def state_dict(self) -> dict:
         """Where this rank is: enough for a fresh process to resume the same epoch exactly."""
-        s = self.sampler
+        s = self.epoch_sampler
         return {
             "epoch": self._epoch,
             "batches_done": self._batches_done,
@@ -337,7 +337,7 @@ class MultiomeLoader:
 
     def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:
         """The file rows of every batch this rank yields in ``epoch`` (default: the next one)."""
-        order = self.positions[self.sampler.rank_order(self._epoch if epoch is None else epoch)]
+        order = self.positions[self.epoch_sampler.rank_order(self._epoch if epoch is None else epoch)]
         n_batches = len(self)
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(n_batches)]
 
@@ -365,12 +365,20 @@ class MultiomeLoader:
     # -- the reader thread ------------------------------------------------------------------
     def _read_groups(self, batches: list[np.ndarray]) -> Iterator[tuple[RowBlock, list[np.ndarray]]]:
         """(device block, its batches) for consecutive groups of about chunk_size*window cells."""
-        if self._preload:
-            if self._preloaded is None:
+        if self._preload and self._preloaded is None:
+            try:
                 self._preloaded = self._to_device(self.store.read_block(self.positions))
+            except MemoryError as e:  # cupy's OutOfMemoryError is a MemoryError
+                warnings.warn(
+                    f"gpuload: preloading {self.positions.size} cells failed ({e}); streaming instead",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                self._preload = False
+        if self._preload:
             yield self._preloaded, batches
             return
-        per_group = max(1, (self.sampler.chunk_size * self.sampler.window) // self.batch_size)
+        per_group = max(1, (self.epoch_sampler.chunk_size * self.epoch_sampler.window) // self.batch_size)
         for g in range(0, len(batches), per_group):
             group = batches[g : g + per_group]
             block = self.store.read_block(np.unique(np.concatenate(group)))

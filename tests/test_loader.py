@@ -255,3 +255,30 @@ def test_half_precision_output(small_h5ad):
         iter(MultiomeLoader(small_h5ad, batch_size=8, shuffle=False, device="cpu", dtype=torch.bfloat16))
     )
     assert b["GEX"].dtype == torch.bfloat16 and b["ATAC"].dtype == torch.bfloat16
+
+
+def test_preload_out_of_memory_falls_back_to_streaming(small_h5ad, monkeypatch):
+    loader = MultiomeLoader(
+        small_h5ad,
+        batch_size=100,
+        shuffle=False,
+        device="cpu",
+        preload=True,
+        obs_keys=[],
+        chunk_size=25,
+        window=2,
+    )
+    to_device = loader._to_device
+    calls = []
+
+    def first_fails(block):
+        calls.append(block.rows.size)
+        if len(calls) == 1:
+            raise MemoryError("out of device memory")
+        return to_device(block)
+
+    monkeypatch.setattr(loader, "_to_device", first_fails)
+    with pytest.warns(RuntimeWarning, match="streaming instead"):
+        rows = np.concatenate([b["index"].numpy() for b in loader])
+    np.testing.assert_array_equal(rows, np.arange(600))
+    assert calls[0] == 600 and max(calls[1:]) < 600
