@@ -83,6 +83,40 @@ class _FeatureMeans:
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.gex / self.n_cells, self.atac / self.n_cells
 
+    def all_reduce(self) -> None:
+        """Sum over data-parallel ranks, so every rank holds the whole training set's means."""
+        if _world_size() > 1:
+            count = torch.tensor(float(self.n_cells), device=self.gex.device)
+            for tensor in (self.gex, self.atac, count):
+                torch.distributed.all_reduce(tensor)
+            self.n_cells = int(count.item())
+
+
+def _world_size() -> int:
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _average_gradients(model: torch.nn.Module) -> None:
+    """Data parallelism by hand: each rank saw its own shard; average what they learned."""
+    world = _world_size()
+    if world == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world
+
+
+def _init_distributed(device: str) -> bool:
+    """Join the process group when launched by torchrun (RANK and WORLD_SIZE set)."""
+    dist = torch.distributed
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
+        return False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
+
 
 def _fit(
     model: MultiomeVAE, loader: MultiomeLoader, epochs: int, progress: bool
@@ -102,6 +136,7 @@ def _fit(
             loss, _ = model.loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            _average_gradients(model)
             optimizer.step()
             epoch_loss += loss.detach()
             n_cells += batch["GEX"].shape[0]
@@ -111,6 +146,7 @@ def _fit(
                 bar.set_postfix(loss=f"{float(loss.detach()):.1f}", cells_s=f"{rate:.0f}")
         history.append(float(epoch_loss) / len(loader))
     bar.close()
+    baseline.all_reduce()
     return history, baseline, n_cells / (time.perf_counter() - start)
 
 
@@ -294,13 +330,17 @@ def train(
 ) -> dict:
     """Train a MultiomeVAE on ``data_path`` and evaluate it on held-out cells.
 
-    Writes ``model.pt`` (``model_args``, ``state_dict``, ``batch_categories``),
+    Launched by ``torchrun`` (RANK/WORLD_SIZE set), every rank trains on its shard of the
+    training cells (the loader shards itself) with gradients averaged across ranks; rank 0
+    alone evaluates and writes. Writes ``model.pt`` (``model_args``, ``state_dict``, ``batch_categories``),
     ``metrics.json``, ``report.md`` and ``embedding.png`` to ``out_dir``, and returns the
     metrics (see the module docstring) together with the run's settings.
     """
     if epochs < 1:
         raise ArgumentError(f"epochs must be at least 1, got {epochs}")
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the same on every rank: identical initial weights
+    distributed = _init_distributed(str(device))
+    is_main = not distributed or torch.distributed.get_rank() == 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     store, size_factor_key = _open_checked(data_path)
@@ -316,7 +356,8 @@ def train(
             "device": device,
         }
         train_loader = MultiomeLoader(store, subset=train_rows, shuffle=True, **common)
-        test_loader = MultiomeLoader(store, subset=test_rows, shuffle=False, **common)
+        # Evaluation runs on rank 0 over all held-out cells, not on a shard.
+        test_loader = MultiomeLoader(store, subset=test_rows, shuffle=False, rank=0, world_size=1, **common)
         model_args = {
             "n_genes": store.modalities["GEX"].width,
             "n_peaks": store.modalities["ATAC"].width,
@@ -328,8 +369,10 @@ def train(
         torch_device = train_loader.backend.torch_device
         model = MultiomeVAE(**model_args).to(torch_device)
         start = time.perf_counter()
-        history, baseline, cells_per_second = _fit(model, train_loader, epochs, progress)
+        history, baseline, cells_per_second = _fit(model, train_loader, epochs, progress and is_main)
         train_seconds = time.perf_counter() - start
+        if not is_main:
+            return {"rank": torch.distributed.get_rank(), "train_seconds": train_seconds}
         metrics, plot_data = evaluate(model, test_loader, baseline.means(), seed)
         batch_categories = train_loader.categories("batch")
     metrics.update(
@@ -342,6 +385,7 @@ def train(
         batch_size=batch_size,
         device=str(torch_device),
         seed=seed,
+        world_size=_world_size(),
         gex_likelihood=model_args["gex_likelihood"],
         latent_dim=model_args["latent_dim"],
         loss_history=history,
@@ -381,6 +425,8 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_cells=args.max_cells,
     )
+    if "rank" in m:  # a data-parallel worker: rank 0 reports
+        return 0
     print(f"report: {Path(args.out) / 'report.md'}")
     print(f"GEX->ATAC RMSE {m['gex2atac_rmse']:.4f} (baseline {m['gex2atac_rmse_baseline']:.4f})")
     print(f"ATAC->GEX RMSE {m['atac2gex_rmse']:.4f} (baseline {m['atac2gex_rmse_baseline']:.4f})")

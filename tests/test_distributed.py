@@ -57,3 +57,35 @@ def test_torchrun_shards(small_h5ad, tmp_path, nproc, drop_last):
         assert set(flat) == set(range(n))
         assert len(flat) - n == (-n) % nproc  # DistributedSampler-style padding
     assert all(r["resumed_ok"] for r in ranks)
+
+
+def test_torchrun_training(small_h5ad, tmp_path):
+    """`torchrun -m gpuload train`: each rank trains on its shard, rank 0 reports."""
+    out = tmp_path / "ddp-train"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        str(_free_port()),
+        "-m",
+        "gpuload",
+        "train",
+        str(small_h5ad),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and (out / "report.md").exists()
+    assert result.stdout.count("report:") == 1
