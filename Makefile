@@ -55,8 +55,15 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format gpuload tests benchmarks
 	$(BIN)/ruff check --fix gpuload tests benchmarks
 
+# annbatch (a peer) needs Python >= 3.12: it gets its own venv when one is on the machine.
+PY312 ?= $(firstword $(shell command -v python3.12 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
+ANNBATCH_VENV = benchmarks/.venv-annbatch
+
 bench: $(VENV)/.installed-dev
 	$(BIN)/python -m pip install -q -e ".[bench]"
+	@if [ -n "$(PY312)" ] && [ ! -x $(ANNBATCH_VENV)/bin/python ]; then \
+		$(PY312) -m venv $(ANNBATCH_VENV) && $(ANNBATCH_VENV)/bin/pip install -q "annbatch[zarrs]>=0.3"; \
+	fi
 	$(BIN)/python benchmarks/compare.py --out bench_out
 
 clean:

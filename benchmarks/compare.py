@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-seconds", type=float, default=60.0, help="cap on one contender's timed loop")
     p.add_argument("--contenders", nargs="+", choices=list(CONTENDERS), default=list(CONTENDERS))
     p.add_argument("--timeout", type=int, default=300, help="seconds per contender process")
-    p.add_argument("--annbatch-python", type=Path, default=ANNBATCH_PYTHON)
+    p.add_argument("--annbatch-python", type=Path, default=ANNBATCH_PYTHON, help="Python 3.12+, annbatch")
     p.add_argument("--no-record", action="store_true", help="do not append to RESULTS.md")
     return p.parse_args(argv)
 
@@ -92,6 +92,9 @@ def child(python: Path, args: list[str], log: Path, timeout: int) -> dict:
 
 
 def prepare_annbatch(args: argparse.Namespace, path: Path, logs: Path) -> dict:
+    """Write annbatch's store with its own Python: ``--annbatch-python``, or this one if >= 3.12."""
+    if not args.annbatch_python.exists() and sys.version_info >= (3, 12):
+        args.annbatch_python = Path(sys.executable)
     if not args.annbatch_python.exists():
         return {
             "status": "skipped",
@@ -292,7 +295,10 @@ def versions(results: list[dict]) -> dict[str, dict[str, str]]:
 
 
 def command_line() -> str:
-    cmd = " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    python = Path(sys.executable)
+    if python.is_relative_to(Path.cwd()):
+        python = python.relative_to(Path.cwd())
+    cmd = " ".join(shlex.quote(str(a)) for a in [python, *sys.argv])
     nice = os.nice(0)
     return f"nice -n {nice} {cmd}" if nice else cmd
 

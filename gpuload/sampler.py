@@ -36,10 +36,15 @@ SHUFFLE_MODES = (False, True, "block", "full")
 
 
 def block_shuffle_order(n: int, chunk_size: int, window: int, rng: np.random.Generator) -> np.ndarray:
-    """Permute chunks of ``chunk_size`` rows, then rows within windows of ``window`` chunks."""
+    """Permute chunks of ``chunk_size`` rows, then rows within windows of ``window`` chunks.
+
+    A short last chunk stays last, so every window but the last holds exactly
+    ``chunk_size * window`` rows and the loader's reads line up with the windows.
+    """
     n_chunks = -(-n // chunk_size)
-    chunk_rank = np.empty(n_chunks, dtype=np.int64)
-    chunk_rank[rng.permutation(n_chunks)] = np.arange(n_chunks)
+    n_full = n // chunk_size
+    chunk_rank = np.arange(n_chunks, dtype=np.int64)
+    chunk_rank[rng.permutation(n_full)] = np.arange(n_full)
     window_of_row = chunk_rank[np.arange(n) // chunk_size] // window
     return np.lexsort((rng.random(n), window_of_row))
 

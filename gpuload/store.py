@@ -107,31 +107,116 @@ def _compact(span, span_lo, lo, hi, out):
         pos += n
 
 
+@njit(cache=True, nogil=True)
+def _copy_chunks(file_bytes, offsets, chunk_len, itemsize, lo, hi, out_bytes):
+    """Copy elements [lo, hi) of a chunked array whose chunk ``c`` starts at byte ``offsets[c]``."""
+    pos = lo
+    while pos < hi:
+        chunk = pos // chunk_len
+        n = min((chunk + 1) * chunk_len, hi) - pos
+        src = offsets[chunk] + (pos - chunk * chunk_len) * itemsize
+        dst = (pos - lo) * itemsize
+        out_bytes[dst : dst + n * itemsize] = file_bytes[src : src + n * itemsize]
+        pos += n
+
+
+class _DirectArray:
+    """A 1-D uncompressed HDF5 dataset read straight from a read-only memory map of the file.
+
+    HDF5 walks its chunk index and cache for every chunk it reads, holding the GIL; anndata
+    writes sparse arrays in ~40 KB chunks, so a 4 MB span is ~100 trips through that machinery.
+    Here a numba loop copies the chunks' bytes (offsets from ``chunk_iter``) without the GIL,
+    so the reader thread does not starve the kernel and the consumer of it. The file's size is
+    checked before every read, so a file truncated under the loader is an error, not a crash.
+    """
+
+    def __init__(self, file_bytes: np.ndarray, dtype: np.dtype, chunk_len: int, offsets: np.ndarray) -> None:
+        self.file_bytes, self.dtype, self.chunk_len, self.offsets = file_bytes, dtype, chunk_len, offsets
+
+    @classmethod
+    def open_direct(cls, dataset: h5py.Dataset, file_bytes: np.ndarray) -> _DirectArray | None:
+        """The direct reader, or None where h5py must read (filters, odd layouts, missing chunks)."""
+        dtype = dataset.dtype
+        if dataset.ndim != 1 or dtype.byteorder == ">" or dtype.kind not in "iuf":
+            return None
+        plist = dataset.id.get_create_plist()
+        if plist.get_nfilters() != 0:
+            return None
+        size = dataset.shape[0]
+        if plist.get_layout() == h5py.h5d.CONTIGUOUS:
+            offset = dataset.id.get_offset()
+            if offset is None:
+                return None
+            chunk_len, offsets = max(size, 1), np.array([offset], dtype=np.int64)
+        elif plist.get_layout() == h5py.h5d.CHUNKED and hasattr(dataset.id, "chunk_iter"):
+            chunk_len = dataset.chunks[0]
+            table: list[tuple[int, int]] = []
+            dataset.id.chunk_iter(lambda info: table.append((info.chunk_offset[0], info.byte_offset)))
+            table.sort()
+            starts = np.array([t[0] for t in table], dtype=np.int64)
+            if starts.size != -(-size // chunk_len) or np.any(starts != np.arange(starts.size) * chunk_len):
+                return None  # unallocated chunks: only HDF5 knows their fill value
+            offsets = np.array([t[1] for t in table], dtype=np.int64)
+        else:
+            return None
+        if offsets.size and offsets.max() + chunk_len * dtype.itemsize > file_bytes.size:
+            return None  # a truncated file: let h5py report it
+        return cls(file_bytes, dtype, chunk_len, offsets)
+
+    def read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
+        """``out[:] = dataset[lo:hi]``."""
+        if hi > lo:
+            _copy_chunks(
+                self.file_bytes, self.offsets, self.chunk_len, self.dtype.itemsize, lo, hi, out.view(np.uint8)
+            )
+
+
 class _CompressedRows:
     """Row reads from CSR arrays; ``indices``/``data`` are h5py datasets or memory maps."""
 
-    def __init__(self, indptr: np.ndarray, indices, data, n_vars: int) -> None:
+    def __init__(
+        self,
+        indptr: np.ndarray,
+        indices,
+        data,
+        n_vars: int,
+        path: Path | None = None,
+        file_size: int | None = None,
+    ) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.indices, self.data, self.n_vars = indices, data, n_vars
+        self.path, self.file_size = path, file_size
+
+    def close(self) -> None:
+        self.indices = self.data = None  # drops the memory map, if any
+
+    def _check_unchanged(self) -> None:
+        """A memory-mapped read past the end of a file truncated in place would crash."""
+        if isinstance(self.data, _DirectArray) or isinstance(self.indices, _DirectArray):
+            size = os.stat(self.path).st_size if self.path.exists() else self.file_size
+            if size < self.file_size:
+                raise OSError(f"the file shrank from {self.file_size} to {size} bytes while being read")
 
     @staticmethod
-    def _read(source, lo: int, hi: int) -> np.ndarray:
+    def _read_into(source, lo: int, hi: int, out: np.ndarray) -> None:
+        """``out[:] = source[lo:hi]`` without an intermediate copy."""
         if isinstance(source, np.ndarray):
-            return source[lo:hi]
-        out = np.empty(hi - lo, dtype=source.dtype)
-        if hi > lo:
+            out[:] = source[lo:hi]
+        elif isinstance(source, _DirectArray):
+            source.read_into(lo, hi, out)
+        elif hi > lo:
             source.read_direct(out, np.s_[lo:hi])
-        return out
 
-    def read(self, rows: np.ndarray) -> RowBlock:
+    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+        self._check_unchanged()
         starts, stops = _runs(rows)
         lo, hi = self.indptr[starts], self.indptr[stops]
         lengths = np.diff(self.indptr)[rows]
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         total = int(indptr[-1])
-        indices = np.empty(total, dtype=self.indices.dtype)
-        data = np.empty(total, dtype=self.data.dtype)
+        indices = empty(total, dtype=self.indices.dtype)
+        data = empty(total, dtype=self.data.dtype)
         # Merge runs separated by small gaps into spans: one read per array per span.
         gap_break = np.flatnonzero(lo[1:] - hi[:-1] > MERGE_GAP) + 1
         span_first = np.r_[0, gap_break] if lo.size else lo[:0]
@@ -141,10 +226,11 @@ class _CompressedRows:
             s_lo, s_hi = int(lo[a]), int(hi[b - 1])
             n = int((hi[a:b] - lo[a:b]).sum())
             for source, out in ((self.indices, indices), (self.data, data)):
-                span = self._read(source, s_lo, s_hi)
                 if b - a == 1:
-                    out[pos : pos + n] = span
+                    self._read_into(source, s_lo, s_hi, out[pos : pos + n])
                 else:
+                    span = np.empty(s_hi - s_lo, dtype=source.dtype)
+                    self._read_into(source, s_lo, s_hi, span)
                     _compact(span, s_lo, lo[a:b], hi[a:b], out[pos : pos + n])
             pos += n
         return RowBlock(rows, indptr, indices, data)
@@ -156,7 +242,10 @@ class _DenseRows:
     def __init__(self, dataset: h5py.Dataset) -> None:
         self.dataset = dataset
 
-    def read(self, rows: np.ndarray) -> RowBlock:
+    def close(self) -> None:
+        """Nothing of its own to release: the dataset closes with the file."""
+
+    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         starts, stops = _runs(rows)
         blocks = [self.dataset[int(a) : int(b)] for a, b in zip(starts, stops, strict=True)]
         dense = np.concatenate(blocks) if blocks else np.zeros((0, self.dataset.shape[1]), self.dataset.dtype)
@@ -231,6 +320,11 @@ def _build_csr_sidecar(group: h5py.Group, shape: tuple[int, int], folder: Path, 
 
 def _checked_indptr(group: h5py.Group, size: int, where: str) -> np.ndarray:
     """``indptr`` as int64, checked so that no later read can run outside ``data``."""
+    for part, kinds in (("indptr", "iu"), ("indices", "iu"), ("data", "iufb")):
+        node = group[part]
+        if not isinstance(node, h5py.Dataset) or node.ndim != 1 or node.dtype.kind not in kinds:
+            shape, dtype = getattr(node, "shape", None), getattr(node, "dtype", None)
+            raise SchemaError(f"{where}/{part} must be a 1-D numeric array; it is {shape} {dtype}")
     indptr = group["indptr"][:].astype(np.int64)
     nnz = group["data"].shape[0]
     if indptr.size != size:
@@ -284,6 +378,8 @@ def _encoding_of(node: h5py.Group | h5py.Dataset, where: str) -> Encoding:
             data.compression,
         )
     if kind == "array" and isinstance(node, h5py.Dataset):
+        if node.dtype.kind not in "iufb":
+            raise SchemaError(f"{where} is a dense array of {node.dtype}; expected numbers")
         return Encoding("dense", node.dtype, None, None, None, node.chunks, node.compression)
     raise SchemaError(f"{where} has encoding-type {kind!r}; expected csr_matrix, csc_matrix or a dense array")
 
@@ -353,6 +449,7 @@ class MultiomeStore:
         self.close()
 
     def close(self) -> None:
+        self._reader.close()
         self._file.close()
 
     def modality(self, name: str) -> Modality:
@@ -362,10 +459,14 @@ class MultiomeStore:
             )
         return self.modalities[name]
 
-    def read_block(self, rows: np.ndarray) -> RowBlock:
-        """Full-width CSR of sorted unique ``rows``: the loader's hot path."""
+    def read_block(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+        """Full-width CSR of sorted unique ``rows``: the loader's hot path.
+
+        ``empty(n, dtype)`` allocates the value and index buffers (pinned memory on the GPU
+        path, so the copy to the device can be asynchronous).
+        """
         try:
-            return self._reader.read(np.asarray(rows, dtype=np.int64))
+            return self._reader.read(np.asarray(rows, dtype=np.int64), empty)
         except (OSError, RuntimeError) as e:  # h5py reports truncation / corruption so
             raise InputFileError(
                 f"{self.path}: reading {self.key} failed ({e}); is the file truncated?"
@@ -446,7 +547,11 @@ def open_multiome(
         sidecar = None
         if encoding.kind == "csr":
             indptr = _checked_indptr(node, shape[0] + 1, where)
-            reader = _CompressedRows(indptr, node["indices"], node["data"], shape[1])
+            file_bytes = np.memmap(path, dtype=np.uint8, mode="r")
+            indices, data = (
+                _DirectArray.open_direct(node[k], file_bytes) or node[k] for k in ("indices", "data")
+            )
+            reader = _CompressedRows(indptr, indices, data, shape[1], path, file_bytes.size)
         elif encoding.kind == "csc":
             reader, sidecar = _sidecar_rows(path, key, node, shape, cache_dir)
         else:

@@ -32,6 +32,7 @@ import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -257,7 +258,7 @@ def _apply_h5py(f: h5py.File, mutation: tuple, rng: np.random.Generator) -> None
         array = np.asarray(array)
         how = mutation[2]
         if how == "2d":
-            array = array.reshape(-1, 1) if array.ndim == 1 else array.reshape(array.shape[0], -1, 1)[..., 0]
+            array = array.reshape(-1, 1)
         elif how == "3d":
             array = array.reshape(*array.shape, 1)
         elif how == "scalar":
@@ -322,8 +323,8 @@ def _check_epoch(path: str, kwargs: dict) -> dict:
     rows, nonfinite = [], []
     for batch in loader:
         rows.append(batch["index"].numpy().copy())
-        for name in loader._layout.names:
-            if not torch.isfinite(batch[name]).all():
+        for name, value in batch.items():  # the [B, width] matrices: GEX, ATAC or X
+            if isinstance(value, torch.Tensor) and value.ndim == 2 and not torch.isfinite(value).all():
                 nonfinite.append(name)
     rows = np.concatenate(rows) if rows else np.zeros(0, np.int64)
     if not np.array_equal(np.sort(rows), loader.positions):
@@ -342,11 +343,23 @@ def _check_info(path: str) -> dict:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = cli.main(["info", path, "--sample", "50"])
-    if code == 2 and not err.getvalue().startswith("gpuload: error: "):
+    last = err.getvalue().rstrip("\n").rpartition("\n")[2]  # after any progress bars
+    if code == 2 and not last.startswith("gpuload: error: "):
         raise AssertionError(f"gpuload info exited 2 without a 'gpuload: error:' line: {err.getvalue()!r}")
     if code not in (0, 2):
         raise AssertionError(f"gpuload info exited {code}")
     return {"exit": code}
+
+
+def _innermost_gpuload_frame(error: BaseException) -> str:
+    """``gpuload/file.py:line in function`` of the deepest gpuload frame the error passed."""
+    frames = [
+        f for f in traceback.extract_tb(error.__traceback__) if f"{os.sep}gpuload{os.sep}" in f.filename
+    ]
+    if not frames:
+        return "?"
+    f = frames[-1]
+    return f"gpuload/{Path(f.filename).name}:{f.lineno} in {f.name}"
 
 
 def run_case(request: dict) -> dict:
@@ -373,6 +386,7 @@ def run_case(request: dict) -> dict:
                 "outcome": "bug",
                 "type": f"{type(e).__module__}.{type(e).__qualname__}",
                 "message": str(e)[:1000],
+                "where": _innermost_gpuload_frame(e),
                 "traceback": traceback.format_exc()[-4000:],
             }
     return verdict
@@ -409,16 +423,17 @@ class Worker:
         self.starts += 1
         self.stderr_path = self.folder / f"worker-{self.starts}.stderr"
         env = {**os.environ, "GPULOAD_CACHE_DIR": str(self.folder / "cache"), "PYTHONFAULTHANDLER": "1"}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from tests.test_fuzz import serve; serve()"],
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=self.stderr_path.open("wb"),
-            bufsize=0,
-            start_new_session=True,
-        )
+        with self.stderr_path.open("wb") as stderr:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from tests.test_fuzz import serve; serve()"],
+                cwd=REPO,
+                env=env,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                bufsize=0,
+                start_new_session=True,
+            )
         self._buffer = b""
         self._read_reply(STARTUP_TIMEOUT_S)
 
@@ -443,7 +458,7 @@ class Worker:
                     chunk = os.read(self.proc.stdout.fileno(), 65536)
                     if not chunk:
                         code = self.proc.wait(timeout=10)
-                        self.proc = None
+                        self.kill()
                         how = f"killed by signal {-code}" if code < 0 else f"exited with {code}"
                         raise WorkerDied(f"worker {how}\n{self._stderr_tail()}")
                     self._buffer += chunk
@@ -459,14 +474,35 @@ class Worker:
         return self._read_reply(timeout)
 
     def kill(self) -> None:
+        """End the worker and everything in its session; the next ``ask`` starts a fresh one."""
         if self.proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, 9)  # its own session: nothing it started survives
+            if self.proc.poll() is None:  # its own process group: nothing it started survives
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=10)
+            self.proc.stdin.close()
+            self.proc.stdout.close()
             self.proc = None
 
 
 # -- the test side ------------------------------------------------------------------------------
+class FuzzFailure(AssertionError):
+    """A case that escaped the guarantee."""
+
+
+_FAILURE_CLASSES: dict[tuple[str, str], type[FuzzFailure]] = {}
+
+
+def failure_class(kind: str, where: str) -> type[FuzzFailure]:
+    """One FuzzFailure subclass per (exception type, gpuload frame): hypothesis tells failures
+    apart by type and line, so each distinct bug is shrunk and reported on its own."""
+    key = (kind, where)
+    if key not in _FAILURE_CLASSES:
+        name = "".join(c if c.isalnum() else "_" for c in f"{kind.rpartition('.')[2]}_at_{where}")
+        _FAILURE_CLASSES[key] = type(name, (FuzzFailure,), {})
+    return _FAILURE_CLASSES[key]
+
+
 def _compact_copy(full: Path, out: Path) -> Path:
     """Only what gpuload reads (X, layers, obs, var): byte flips land where they matter."""
     with h5py.File(full, "r") as src, h5py.File(out, "w") as dst:
@@ -504,14 +540,20 @@ class Fuzzer:
         try:
             verdict = self.worker.ask({"path": str(path), "kwargs": kwargs, "info": info})
         except WorkerDied as e:
-            pytest.fail(f"{template} file with {mutations}, loader {kwargs}: {e}", pytrace=False)
+            raise failure_class("WorkerDied", str(e).partition("\n")[0])(
+                f"{template} file with {mutations}, loader {kwargs}: {e}"
+            ) from None
         assert file_digest(path) == before, f"{path} was modified"
         bugs = {k: v for k, v in verdict.items() if v["outcome"] == "bug"}
         if bugs:
             detail = "\n".join(
-                f"[{k}] {v['type']}: {v['message']}\n{v['traceback']}" for k, v in bugs.items()
+                f"[{k}] {v['type']} at {v['where']}: {v['message']}\n{v['traceback']}"
+                for k, v in bugs.items()
             )
-            pytest.fail(f"{template} file with {mutations}, loader {kwargs}:\n{detail}", pytrace=False)
+            first = next(iter(bugs.values()))
+            raise failure_class(first["type"], first["where"])(
+                f"{template} file with {mutations}, loader {kwargs}:\n{detail}"
+            )
         path.unlink()
         shutil.rmtree(self.folder / "cache", ignore_errors=True)
         return verdict
@@ -528,9 +570,9 @@ def fuzzer(tmp_path_factory):
 
 
 FAST = settings(
-    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
-LONG = settings(FAST, max_examples=1500)
+LONG = settings(FAST, max_examples=2000)
 templates = st.sampled_from(TEMPLATES)
 
 
@@ -550,19 +592,19 @@ def test_worker_survives_a_crash_and_a_hang(fuzzer):
     with pytest.raises(WorkerDied, match="signal 11"):
         fuzzer.worker.ask({"selftest": "segfault"})
     with pytest.raises(WorkerDied, match="hang"):
-        fuzzer.worker.ask({"selftest": "hang"}, timeout=10)
+        fuzzer.worker.ask({"selftest": "hang"}, timeout=5)
     verdict = fuzzer.check("csr", [], {"batch_size": 50})
     assert verdict["loader"]["outcome"] == "ok"
 
 
-@FAST
+@settings(FAST, max_examples=100)
 @given(template=templates, mutations=st.lists(flips, min_size=1, max_size=8), kwargs=loader_kwargs)
 def test_byte_flips(fuzzer, template, mutations, kwargs):
     """Bytes flipped anywhere, in the HDF5 metadata or in one dataset's storage."""
     fuzzer.check(template, mutations, kwargs)
 
 
-@settings(FAST, max_examples=15)
+@settings(FAST, max_examples=25)
 @given(template=templates, change=length_changes, kwargs=loader_kwargs)
 def test_cut_or_extended_files(fuzzer, template, change, kwargs):
     """A file cut at any length or with trailing garbage."""

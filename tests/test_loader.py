@@ -23,7 +23,7 @@ def _rows(loader, epoch=None):
 
 
 def _reader_threads():
-    return [t for t in threading.enumerate() if t.name == "gpuload-reader"]
+    return [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
 
 
 @pytest.mark.parametrize("drop_last", [False, True])

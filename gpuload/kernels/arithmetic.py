@@ -1,10 +1,12 @@
 """The per-value arithmetic of batch assembly, written once.
 
-``@register_jitable`` functions compile for whichever numba target calls them. ``scatter_value``
-is plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
-(:mod:`gpuload.kernels.cpu`; as a real call, passing 14 arrays per stored value costs ~6x) and a
-``@cuda.jit`` device function for the CUDA kernel (:mod:`gpuload.kernels.cuda`, also run by the
-simulator). The two kernels only differ in how they walk rows and values.
+``@register_jitable`` functions compile for whichever numba target calls them. ``zero_row`` and
+``scatter_row`` are plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
+(:mod:`gpuload.kernels.cpu`; as real calls, passing 14 arrays per stored value costs ~6x) and
+``@cuda.jit`` device functions for the CUDA kernel (:mod:`gpuload.kernels.cuda`, also run by the
+simulator). The kernels only differ in how they split the work: the CPU twin gives each thread
+whole rows (``first=0, step=1``), the CUDA kernel gives each thread block a row and strides its
+threads over it (``first=threadIdx, step=blockDim``).
 
 Output layout: one flat buffer holds every modality's block back to back, so that each
 modality's ``[B, width]`` view is contiguous. Modality ``m`` of batch row ``r`` starts at
@@ -59,9 +61,30 @@ def check_value(x, code):
     return OK
 
 
-def scatter_value(
-    k,
+@register_jitable
+def _count(start, stop, step):
+    """len(range(start, stop, step)) for step > 0: the strided loops run over range(count),
+    a unit-step loop LLVM optimizes as such when the step turns out to be 1 (the CPU twin)."""
+    return max(0, (stop - start + step - 1) // step)
+
+
+def zero_row(r, first, step, mod_base, mod_width, out):
+    """Zero batch row ``r`` of every modality block (elements ``first``, ``first+step``, ...)."""
+    for m in range(mod_base.size):
+        start = mod_base[m] + r * mod_width[m] + first
+        if step == 1:  # one thread per row: a memset (the strided loop is ~3x slower on the CPU)
+            out[start : start + mod_width[m] - first] = 0
+        else:
+            for i in range(_count(first, mod_width[m], step)):
+                out[start + i * step] = 0
+
+
+def scatter_row(
     r,
+    row,
+    first,
+    step,
+    indptr,
     indices,
     data,
     col_mod,
@@ -75,26 +98,35 @@ def scatter_value(
     out,
     present,
 ):
-    """Write stored value ``k`` (of batch row ``r``) into the output; return an error code.
+    """Write stored values ``first``, ``first+step``, ... of block row ``row`` into batch row
+    ``r``, transformed; return OK or the last error code.
 
-    ``present[r, m]`` is set when row ``r`` has a nonzero value in modality ``m`` (a cell with
+    ``present[r, m]`` is set when the row has a nonzero value in modality ``m`` (a cell with
     none is missing that modality). A value that fails its check is written as 0 (the
-    simulator's ``math`` would raise on it); the caller raises for the whole batch. The store
-    itself is unconditional: a branch around it makes the CPU loop ~5x slower.
+    simulator's ``math`` would raise on it) and the caller raises for the whole batch. The store
+    itself is unconditional and the error stays in a register: a branch around the store, or a
+    store to the caller's status array inside this loop, makes the CPU loop ~5x slower.
     """
-    j = indices[k]
-    if j < 0 or j >= col_mod.size:
-        return COLUMN_OUT_OF_RANGE
-    m = col_mod[j]
-    if m < 0:
-        return OK
-    x = data[k]
-    code = mod_code[m]
-    if x != 0:
-        present[r, m] = 1
-    err = check_value(x, code)
-    safe = x if err == OK else 0.0
-    out[mod_base[m] + r * mod_width[m] + col_out[j]] = transform_value(
-        safe, code, row_scale[r, m], col_weight[j], mod_threshold[m]
-    )
+    err = OK
+    lo = indptr[row] + first
+    for i in range(_count(lo, indptr[row + 1], step)):
+        k = lo + i * step
+        j = indices[k]
+        if j < 0 or j >= col_mod.size:
+            err = COLUMN_OUT_OF_RANGE
+            continue
+        m = col_mod[j]
+        if m < 0:
+            continue
+        x = data[k]
+        code = mod_code[m]
+        if x != 0:
+            present[r, m] = 1
+        e = check_value(x, code)
+        if e != OK:
+            err = e
+        safe = x if e == OK else 0.0
+        out[mod_base[m] + r * mod_width[m] + col_out[j]] = transform_value(
+            safe, code, row_scale[r, m], col_weight[j], mod_threshold[m]
+        )
     return err

@@ -1,4 +1,4 @@
-"""CUDA gather kernel: one thread block per batch row, threads striding over the row.
+"""CUDA gather kernel: one thread block per batch row, its threads striding over the row.
 
 Imported only by the backend when a GPU (or the CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``)
 is in use, so a CPU-only install never compiles it.
@@ -11,7 +11,8 @@ from numba import cuda
 from gpuload.kernels import arithmetic
 from gpuload.kernels.arithmetic import OK
 
-scatter_value = cuda.jit(device=True)(arithmetic.scatter_value)
+zero_row = cuda.jit(device=True)(arithmetic.zero_row)
+scatter_row = cuda.jit(device=True)(arithmetic.scatter_row)
 
 THREADS_PER_ROW = 128
 
@@ -35,34 +36,29 @@ def gather_rows(
     status,
 ):
     """Same contract as :func:`gpuload.kernels.cpu.gather_rows`; launch with one block per row."""
-    tid = cuda.threadIdx.x
+    tid, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, local_rows.size, cuda.gridDim.x):
-        for m in range(mod_base.size):
-            start = mod_base[m] + r * mod_width[m]
-            for c in range(tid, mod_width[m], cuda.blockDim.x):
-                out[start + c] = 0
+        zero_row(r, tid, step, mod_base, mod_width, out)
         cuda.syncthreads()
-        row = local_rows[r]
-        err = OK  # kept in a register: storing to ``status`` inside the loop is slow
-        for k in range(indptr[row] + tid, indptr[row + 1], cuda.blockDim.x):
-            e = scatter_value(
-                k,
-                r,
-                indices,
-                data,
-                col_mod,
-                col_out,
-                mod_base,
-                mod_width,
-                mod_code,
-                mod_threshold,
-                row_scale,
-                col_weight,
-                out,
-                present,
-            )
-            if e != OK:
-                err = e
+        err = scatter_row(
+            r,
+            local_rows[r],
+            tid,
+            step,
+            indptr,
+            indices,
+            data,
+            col_mod,
+            col_out,
+            mod_base,
+            mod_width,
+            mod_code,
+            mod_threshold,
+            row_scale,
+            col_weight,
+            out,
+            present,
+        )
         if err != OK:
             status[0] = err
             status[1] = r
