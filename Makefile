@@ -56,7 +56,7 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff check --fix gpuload tests benchmarks
 
 # annbatch (a peer) needs Python >= 3.12: it gets its own venv when one is on the machine.
-PY312 ?= $(firstword $(shell command -v python3.12 2>/dev/null) $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python))
+PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12 2>/dev/null))
 ANNBATCH_VENV = benchmarks/.venv-annbatch
 
 bench: $(VENV)/.installed-dev

@@ -219,9 +219,14 @@ def get_backend(device: str | torch.device = "auto") -> Backend:
         if not simulator_enabled():
             raise DeviceError("device='cudasim' needs NUMBA_ENABLE_CUDASIM=1 set before numba is imported")
         return Backend("cudasim", torch.device("cpu"), np)
+    valid = f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'cudasim', got {device!r}"
     if device == "cuda" or device.startswith("cuda:"):
-        return _cuda_backend(torch.device(device))
-    raise ArgumentError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'cudasim', got {device!r}")
+        try:
+            parsed = torch.device(device)
+        except RuntimeError:
+            raise ArgumentError(valid) from None
+        return _cuda_backend(parsed)
+    raise ArgumentError(valid)
 
 
 def _cuda_backend(device: torch.device) -> Backend:

@@ -90,8 +90,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from gpuload.backend import get_backend
     from gpuload.bench import format_table, run_bench
+    from gpuload.store import open_multiome
 
+    open_multiome(args.file).close()  # bad input is reported before any contender runs
+    get_backend(args.device)
     print(f"gpuload bench {args.file}: shuffled, both modalities at full width, dense float32 + obs")
     results = run_bench(
         str(args.file), args.batch_size, cells=args.cells, seed_cells=args.seed_cells, device=args.device

@@ -37,6 +37,7 @@ from gpuload.store import Modality, MultiomeStore, RowBlock, open_multiome
 from gpuload.transforms import Transform, compute_stats, parse_transform
 
 ALL = "all"
+OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _END = object()
 _POLL_SECONDS = 0.1
 
@@ -74,7 +75,12 @@ def _check_positive_int(name: str, value) -> int:
 def _resolve_modalities(store: MultiomeStore, modalities) -> list[Modality]:
     if modalities == ALL:
         return [Modality("X", np.arange(store.n_vars, dtype=np.int64))]
-    names = [modalities] if isinstance(modalities, str) else list(modalities)
+    if isinstance(modalities, str):
+        names = [modalities]
+    elif isinstance(modalities, Sequence) and all(isinstance(m, str) for m in modalities):
+        names = list(modalities)
+    else:
+        raise ArgumentError(f"modalities must be a name, a sequence of names or 'all', got {modalities!r}")
     if not names:
         raise ArgumentError("modalities is empty; give 'GEX', 'ATAC', a tuple of them, or 'all'")
     valid = [*store.modalities, ALL]
@@ -90,7 +96,9 @@ def _distributed_rank(rank: int | None, world_size: int | None) -> tuple[int, in
     if rank is not None or world_size is not None:
         if rank is None or world_size is None:
             raise ArgumentError("pass both rank and world_size, or neither")
-        return int(rank), int(world_size)
+        if isinstance(rank, bool) or not isinstance(rank, int | np.integer) or rank < 0:
+            raise ArgumentError(f"rank must be a non-negative integer, got {rank!r}")
+        return int(rank), _check_positive_int("world_size", world_size)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -181,10 +189,57 @@ class MultiomeLoader:
             num_threads = max(1, (os.cpu_count() or 2) // 2)
         self.num_threads = _check_positive_int("num_threads", num_threads)
         self.drop_last = bool(drop_last)
-        if isinstance(data, MultiomeStore):
-            self.store = data
-        else:
-            self.store = open_multiome(data, layer=layer, cache_dir=cache_dir)
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+            raise ArgumentError(f"seed must be a non-negative integer, got {seed!r}")
+        if dtype not in OUTPUT_DTYPES:
+            raise ArgumentError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
+        if pipeline not in ("native", "dali"):
+            raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
+        owns_store = not isinstance(data, MultiomeStore)
+        self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
+        try:
+            self._set_up(
+                device,
+                modalities,
+                subset,
+                split,
+                rank,
+                world_size,
+                shuffle,
+                chunk_size,
+                window,
+                seed,
+                dtype,
+                pipeline,
+                obs_keys,
+                transform,
+                preload,
+            )
+        except BaseException:
+            if owns_store:  # a loader that failed to build holds no handle on the file
+                self.store.close()
+            raise
+
+    def _set_up(
+        self,
+        device,
+        modalities,
+        subset,
+        split,
+        rank,
+        world_size,
+        shuffle,
+        chunk_size,
+        window,
+        seed,
+        dtype,
+        pipeline,
+        obs_keys,
+        transform,
+        preload,
+    ) -> None:
+        """Everything that needs the open store; see ``__init__`` for the arguments."""
+        drop_last = self.drop_last
         self.backend: Backend = get_backend(device)
         self.modalities = _resolve_modalities(self.store, modalities)
         self.positions = subset_positions(self.store.obs, subset, split, self.store.path)
@@ -193,8 +248,6 @@ class MultiomeLoader:
             len(self.positions), shuffle, chunk_size, window, seed, rank, world_size, drop_last
         )
         self.dtype = dtype
-        if pipeline not in ("native", "dali"):
-            raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
         self.pipeline = pipeline
         keys = select_columns(self.store.obs, obs_keys, [m.name for m in self.modalities], self.store.path)
         self.obs_columns = ObsColumns.from_frame(self.store.obs, keys)

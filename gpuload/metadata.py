@@ -33,6 +33,8 @@ def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
         obs = read_elem(f["obs"])
     except Exception as e:  # anndata raises many kinds on a malformed frame
         raise SchemaError(f"{path}: obs cannot be read as an AnnData dataframe ({e})") from e
+    if not isinstance(obs, pd.DataFrame):
+        raise SchemaError(f"{path}: obs is a {type(obs).__name__}; expected an AnnData dataframe")
     obs.index = obs.index.astype(str)
     return obs
 
@@ -87,7 +89,8 @@ def subset_positions(obs: pd.DataFrame, subset, split: str | None, path: Path) -
         keep &= np.isin(batches, schema.SPLITS[split])
     positions = np.flatnonzero(keep)
     if positions.size == 0:
-        raise ArgumentError(f"{path}: subset={subset!r} split={split!r} selects no cells")
+        what = repr(subset) if isinstance(subset, str | None) else f"<{len(subset)} entries>"
+        raise ArgumentError(f"{path}: subset={what} split={split!r} selects no cells")
     return positions
 
 

@@ -31,7 +31,7 @@ import scipy.sparse as sp
 from numba import njit
 from tqdm.auto import tqdm
 
-from gpuload.errors import ArgumentError, InputFileError, SchemaError
+from gpuload.errors import ArgumentError, GpuloadError, InputFileError, SchemaError
 from gpuload.metadata import read_obs
 
 if TYPE_CHECKING:
@@ -86,6 +86,11 @@ class RowBlock:
         return np.searchsorted(self.rows, rows).astype(np.int64)
 
 
+def _kernel_dtype(values: np.ndarray) -> np.ndarray:
+    """float16 values as float32: neither scipy nor numba's CPU target computes in float16."""
+    return values.astype(np.float32) if values.dtype == np.float16 else values
+
+
 def _runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Split sorted unique rows into maximal runs of consecutive ids: (starts, stops)."""
     if rows.size == 0:
@@ -107,34 +112,21 @@ def _compact(span, span_lo, lo, hi, out):
         pos += n
 
 
-@njit(cache=True, nogil=True)
-def _copy_chunks(file_bytes, offsets, chunk_len, itemsize, lo, hi, out_bytes):
-    """Copy elements [lo, hi) of a chunked array whose chunk ``c`` starts at byte ``offsets[c]``."""
-    pos = lo
-    while pos < hi:
-        chunk = pos // chunk_len
-        n = min((chunk + 1) * chunk_len, hi) - pos
-        src = offsets[chunk] + (pos - chunk * chunk_len) * itemsize
-        dst = (pos - lo) * itemsize
-        out_bytes[dst : dst + n * itemsize] = file_bytes[src : src + n * itemsize]
-        pos += n
-
-
 class _DirectArray:
-    """A 1-D uncompressed HDF5 dataset read straight from a read-only memory map of the file.
+    """A 1-D uncompressed HDF5 dataset read with ``os.preadv`` at its chunks' file offsets.
 
     HDF5 walks its chunk index and cache for every chunk it reads, holding the GIL; anndata
     writes sparse arrays in ~40 KB chunks, so a 4 MB span is ~100 trips through that machinery.
-    Here a numba loop copies the chunks' bytes (offsets from ``chunk_iter``) without the GIL,
-    so the reader thread does not starve the kernel and the consumer of it. The file's size is
-    checked before every read, so a file truncated under the loader is an error, not a crash.
+    Reading the bytes straight into the output buffer (offsets from ``chunk_iter``; the GIL is
+    released during each system call) measured 1.6x h5py's rate here (4.9 vs 3.0 GB/s). A short
+    read is an ``OSError``, never a crash (a memory map of a file truncated under it would be).
     """
 
-    def __init__(self, file_bytes: np.ndarray, dtype: np.dtype, chunk_len: int, offsets: np.ndarray) -> None:
-        self.file_bytes, self.dtype, self.chunk_len, self.offsets = file_bytes, dtype, chunk_len, offsets
+    def __init__(self, fd: int, dtype: np.dtype, chunk_len: int, offsets: np.ndarray) -> None:
+        self.fd, self.dtype, self.chunk_len, self.offsets = fd, dtype, chunk_len, offsets
 
     @classmethod
-    def open_direct(cls, dataset: h5py.Dataset, file_bytes: np.ndarray) -> _DirectArray | None:
+    def open_direct(cls, dataset: h5py.Dataset, fd: int, file_size: int) -> _DirectArray | None:
         """The direct reader, or None where h5py must read (filters, odd layouts, missing chunks)."""
         dtype = dataset.dtype
         if dataset.ndim != 1 or dtype.byteorder == ">" or dtype.kind not in "iuf":
@@ -159,43 +151,49 @@ class _DirectArray:
             offsets = np.array([t[1] for t in table], dtype=np.int64)
         else:
             return None
-        if offsets.size and offsets.max() + chunk_len * dtype.itemsize > file_bytes.size:
+        if offsets.size and offsets.max() + chunk_len * dtype.itemsize > file_size:
             return None  # a truncated file: let h5py report it
-        return cls(file_bytes, dtype, chunk_len, offsets)
+        return cls(fd, dtype, chunk_len, offsets)
 
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
         """``out[:] = dataset[lo:hi]``."""
-        if hi > lo:
-            _copy_chunks(
-                self.file_bytes, self.offsets, self.chunk_len, self.dtype.itemsize, lo, hi, out.view(np.uint8)
-            )
+        raw = out.view(np.uint8)
+        item = self.dtype.itemsize
+        pos = lo
+        while pos < hi:
+            chunk = pos // self.chunk_len
+            n = min((chunk + 1) * self.chunk_len, hi) - pos
+            dest = raw[(pos - lo) * item : (pos - lo + n) * item]
+            got = os.preadv(self.fd, [dest], int(self.offsets[chunk]) + (pos - chunk * self.chunk_len) * item)
+            if got != dest.size:
+                raise OSError(f"short read ({got} of {dest.size} bytes): the file was truncated")
+            pos += n
 
 
 class _CompressedRows:
     """Row reads from CSR arrays; ``indices``/``data`` are h5py datasets or memory maps."""
 
-    def __init__(
-        self,
-        indptr: np.ndarray,
-        indices,
-        data,
-        n_vars: int,
-        path: Path | None = None,
-        file_size: int | None = None,
-    ) -> None:
+    def __init__(self, indptr: np.ndarray, indices, data, n_vars: int, raw=None) -> None:
         self.indptr = np.asarray(indptr, dtype=np.int64)
         self.indices, self.data, self.n_vars = indices, data, n_vars
-        self.path, self.file_size = path, file_size
+        self.raw = raw  # the unbuffered file the direct reads use, if any
+        self._stamp = self._file_stamp()
 
-    def close(self) -> None:
-        self.indices = self.data = None  # drops the memory map, if any
+    def _file_stamp(self) -> tuple[int, int, int] | None:
+        if self.raw is None:
+            return None
+        st = os.fstat(self.raw.fileno())  # the open file: a file renamed over the path is not ours
+        return st.st_ino, st.st_size, st.st_mtime_ns
 
     def _check_unchanged(self) -> None:
-        """A memory-mapped read past the end of a file truncated in place would crash."""
-        if isinstance(self.data, _DirectArray) or isinstance(self.indices, _DirectArray):
-            size = os.stat(self.path).st_size if self.path.exists() else self.file_size
-            if size < self.file_size:
-                raise OSError(f"the file shrank from {self.file_size} to {size} bytes while being read")
+        """The bytes read must be the file's as it was opened: an in-place overwrite (``cp``
+        onto it) or a truncation is an error, before or after a read, never mixed-in data."""
+        if self._file_stamp() != self._stamp:
+            raise OSError("the file was modified in place while being read")
+
+    def close(self) -> None:
+        if self.raw is not None:
+            self.raw.close()
 
     @staticmethod
     def _read_into(source, lo: int, hi: int, out: np.ndarray) -> None:
@@ -209,6 +207,11 @@ class _CompressedRows:
 
     def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         self._check_unchanged()
+        block = self._read(rows, empty)
+        self._check_unchanged()
+        return block
+
+    def _read(self, rows: np.ndarray, empty) -> RowBlock:
         starts, stops = _runs(rows)
         lo, hi = self.indptr[starts], self.indptr[stops]
         lengths = np.diff(self.indptr)[rows]
@@ -249,7 +252,7 @@ class _DenseRows:
         starts, stops = _runs(rows)
         blocks = [self.dataset[int(a) : int(b)] for a, b in zip(starts, stops, strict=True)]
         dense = np.concatenate(blocks) if blocks else np.zeros((0, self.dataset.shape[1]), self.dataset.dtype)
-        csr = sp.csr_matrix(dense)
+        csr = sp.csr_matrix(_kernel_dtype(dense))
         return RowBlock(rows, csr.indptr.astype(np.int64), csr.indices, csr.data)
 
 
@@ -294,7 +297,8 @@ def _build_csr_sidecar(group: h5py.Group, shape: tuple[int, int], folder: Path, 
     try:
         np.save(tmp / "indptr.npy", indptr)
         indices = np.lib.format.open_memmap(tmp / "indices.npy", "w+", index_dtype, (nnz,))
-        data = np.lib.format.open_memmap(tmp / "data.npy", "w+", group["data"].dtype, (nnz,))
+        value_dtype = np.float32 if group["data"].dtype == np.float16 else group["data"].dtype
+        data = np.lib.format.open_memmap(tmp / "data.npy", "w+", value_dtype, (nnz,))
         cursor = indptr[:-1].copy()
         for c0 in tqdm(blocks, desc=f"CSC->CSR {label}: write", unit="block"):
             c1 = min(c0 + block_cols, n_vars)
@@ -302,7 +306,7 @@ def _build_csr_sidecar(group: h5py.Group, shape: tuple[int, int], folder: Path, 
             if not _scatter_columns(
                 col_indptr[c0 : c1 + 1] - lo,
                 group["indices"][lo:hi],
-                group["data"][lo:hi],
+                group["data"][lo:hi].astype(value_dtype, copy=False),  # numba has no float16
                 c0,
                 cursor,
                 indices,
@@ -320,11 +324,6 @@ def _build_csr_sidecar(group: h5py.Group, shape: tuple[int, int], folder: Path, 
 
 def _checked_indptr(group: h5py.Group, size: int, where: str) -> np.ndarray:
     """``indptr`` as int64, checked so that no later read can run outside ``data``."""
-    for part, kinds in (("indptr", "iu"), ("indices", "iu"), ("data", "iufb")):
-        node = group[part]
-        if not isinstance(node, h5py.Dataset) or node.ndim != 1 or node.dtype.kind not in kinds:
-            shape, dtype = getattr(node, "shape", None), getattr(node, "dtype", None)
-            raise SchemaError(f"{where}/{part} must be a 1-D numeric array; it is {shape} {dtype}")
     indptr = group["indptr"][:].astype(np.int64)
     nnz = group["data"].shape[0]
     if indptr.size != size:
@@ -363,10 +362,18 @@ def _encoding_of(node: h5py.Group | h5py.Dataset, where: str) -> Encoding:
     kind = node.attrs.get("encoding-type", "array" if isinstance(node, h5py.Dataset) else None)
     if isinstance(kind, bytes):
         kind = kind.decode()
+    if not isinstance(kind, str):
+        raise SchemaError(
+            f"{where} has an encoding-type attribute of {type(kind).__name__}; expected a string"
+        )
     if kind in ("csr_matrix", "csc_matrix"):
-        for part in ("data", "indices", "indptr"):
+        for part, kinds in (("indptr", "iu"), ("indices", "iu"), ("data", "iufb")):
             if part not in node:
                 raise SchemaError(f"{where} is a {kind} without its '{part}' array")
+            array = node[part]
+            if not isinstance(array, h5py.Dataset) or array.ndim != 1 or array.dtype.kind not in kinds:
+                shape, dtype = getattr(array, "shape", None), getattr(array, "dtype", None)
+                raise SchemaError(f"{where}/{part} must be a 1-D numeric array; it is {shape} {dtype}")
         data = node["data"]
         return Encoding(
             kind[:3],
@@ -385,7 +392,11 @@ def _encoding_of(node: h5py.Group | h5py.Dataset, where: str) -> Encoding:
 
 
 def _shape_of(node: h5py.Group | h5py.Dataset, encoding: Encoding, where: str) -> tuple[int, int]:
-    shape = tuple(int(s) for s in (node.shape if encoding.kind == "dense" else node.attrs.get("shape", ())))
+    raw = node.shape if encoding.kind == "dense" else node.attrs.get("shape", ())
+    try:
+        shape = tuple(int(s) for s in np.atleast_1d(raw))
+    except (TypeError, ValueError):
+        raise SchemaError(f"{where} has a shape attribute {raw!r}; expected two integers") from None
     if len(shape) != 2:
         raise SchemaError(f"{where} has shape {shape}; expected a 2-D cells x features matrix")
     return shape  # type: ignore[return-value]
@@ -404,7 +415,10 @@ def _read_modalities(f: h5py.File, key: str, n_vars: int, where: str) -> dict[st
         raise SchemaError(
             f"{where}: var has no column {key!r} to tell modalities apart (var columns: {list(var.columns)})"
         )
-    values = var[key].astype(str).to_numpy()
+    try:
+        values = var[key].astype(str).to_numpy()
+    except (TypeError, ValueError) as e:
+        raise SchemaError(f"{where}: var[{key!r}] cannot be read as text ({e})") from e
     if values.size != n_vars:
         raise SchemaError(f"{where}: var[{key!r}] has {values.size} entries but X has {n_vars} columns")
     found = sorted(set(values.tolist()))
@@ -466,7 +480,8 @@ class MultiomeStore:
         path, so the copy to the device can be asynchronous).
         """
         try:
-            return self._reader.read(np.asarray(rows, dtype=np.int64), empty)
+            block = self._reader.read(np.asarray(rows, dtype=np.int64), empty)
+            return RowBlock(block.rows, block.indptr, block.indices, _kernel_dtype(block.data))
         except (OSError, RuntimeError) as e:  # h5py reports truncation / corruption so
             raise InputFileError(
                 f"{self.path}: reading {self.key} failed ({e}); is the file truncated?"
@@ -547,15 +562,22 @@ def open_multiome(
         sidecar = None
         if encoding.kind == "csr":
             indptr = _checked_indptr(node, shape[0] + 1, where)
-            file_bytes = np.memmap(path, dtype=np.uint8, mode="r")
+            raw = open(path, "rb", buffering=0)  # noqa: SIM115 - a file object closes itself when collected
+            size = os.fstat(raw.fileno()).st_size
             indices, data = (
-                _DirectArray.open_direct(node[k], file_bytes) or node[k] for k in ("indices", "data")
+                _DirectArray.open_direct(node[k], raw.fileno(), size) or node[k] for k in ("indices", "data")
             )
-            reader = _CompressedRows(indptr, indices, data, shape[1], path, file_bytes.size)
+            reader = _CompressedRows(indptr, indices, data, shape[1], raw)
         elif encoding.kind == "csc":
             reader, sidecar = _sidecar_rows(path, key, node, shape, cache_dir)
         else:
             reader = _DenseRows(node)
+    except GpuloadError:
+        file.close()
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a corrupt file
+        file.close()
+        raise InputFileError(f"{path}: cannot read {key} ({e}); the file is corrupt") from e
     except BaseException:
         file.close()
         raise

@@ -126,26 +126,25 @@ def _fit(
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
     baseline = _FeatureMeans()
     history, n_cells, start = [], 0, time.perf_counter()
-    bar = tqdm(total=epochs * len(loader), desc="train", unit="batch", disable=not progress)
-    model.train()
-    for epoch in range(epochs):
-        epoch_loss = 0.0
-        for step, batch in enumerate(loader):
-            if epoch == 0:
-                baseline.add(batch)
-            loss, _ = model.loss(batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            _average_gradients(model)
-            optimizer.step()
-            epoch_loss += loss.detach()
-            n_cells += batch["GEX"].shape[0]
-            bar.update()
-            if step % 10 == 0:  # reading the loss waits for the device; not every step
-                rate = n_cells / (time.perf_counter() - start)
-                bar.set_postfix(loss=f"{float(loss.detach()):.1f}", cells_s=f"{rate:.0f}")
-        history.append(float(epoch_loss) / len(loader))
-    bar.close()
+    with tqdm(total=epochs * len(loader), desc="train", unit="batch", disable=not progress) as bar:
+        model.train()
+        for epoch in range(epochs):
+            epoch_loss = 0.0
+            for step, batch in enumerate(loader):
+                if epoch == 0:
+                    baseline.add(batch)
+                loss, _ = model.loss(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                _average_gradients(model)
+                optimizer.step()
+                epoch_loss += loss.detach()
+                n_cells += batch["GEX"].shape[0]
+                bar.update()
+                if step % 10 == 0:  # reading the loss waits for the device; not every step
+                    rate = n_cells / (time.perf_counter() - start)
+                    bar.set_postfix(loss=f"{float(loss.detach()):.1f}", cells_s=f"{rate:.0f}")
+            history.append(float(epoch_loss) / len(loader))
     baseline.all_reduce()
     return history, baseline, n_cells / (time.perf_counter() - start)
 

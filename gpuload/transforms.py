@@ -57,6 +57,13 @@ def compute_stats(store: MultiomeStore, positions: np.ndarray, block_rows: int =
     col_sums = np.zeros(store.n_vars)
     for start in range(0, positions.size, block_rows):
         block = store.read_block(positions[start : start + block_rows])
+        bad = (block.indices < 0) | (block.indices >= store.n_vars)
+        if bad.any():
+            row = block.rows[np.searchsorted(block.indptr, np.flatnonzero(bad)[0], side="right") - 1]
+            raise DataValueError(
+                f"{store.path}:{store.key} row {row}: a column index lies outside [0, {store.n_vars}); "
+                "the file is corrupt"
+            )
         values = block.data.astype(np.float64)
         row_of_value = np.repeat(np.arange(block.rows.size), np.diff(block.indptr))
         key = row_of_value * len(names) + col_mod[block.indices]
