@@ -198,70 +198,34 @@ class MultiomeLoader:
         owns_store = not isinstance(data, MultiomeStore)
         self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
         try:
-            self._set_up(
-                device,
-                modalities,
-                subset,
-                split,
-                rank,
-                world_size,
-                shuffle,
-                chunk_size,
-                window,
-                seed,
-                dtype,
-                pipeline,
-                obs_keys,
-                transform,
-                preload,
+            self.backend: Backend = get_backend(device)
+            self.modalities = _resolve_modalities(self.store, modalities)
+            self.positions = subset_positions(self.store.obs, subset, split, self.store.path)
+            rank, world_size = _distributed_rank(rank, world_size)
+            self.epoch_sampler = EpochSampler(
+                len(self.positions), shuffle, chunk_size, window, seed, rank, world_size, self.drop_last
             )
+            self.dtype = dtype
+            self.pipeline = pipeline
+            keys = select_columns(
+                self.store.obs, obs_keys, [m.name for m in self.modalities], self.store.path
+            )
+            self.obs_columns = ObsColumns.from_frame(self.store.obs, keys)
+            self.obs_frame = self.backend.frame(self.store.obs[keys])
+            self._obs_device = {k: self.backend.to_device(v) for k, v in self.obs_columns.numeric.items()}
+            self._codes_device = {k: self.backend.to_device(v) for k, v in self.obs_columns.codes.items()}
+            self.transforms = self._parse_transforms(transform)
+            self._layout, self._row_scale = self._prepare_layout()
+            self._preload = self._resolve_preload(preload)
+            self._preloaded: RowBlock | None = None
+            self._epoch = 0
+            self._batches_done = 0
+            self._resume_requested = False
+            self._active_stop: threading.Event | None = None
         except BaseException:
             if owns_store:  # a loader that failed to build holds no handle on the file
                 self.store.close()
             raise
-
-    def _set_up(
-        self,
-        device,
-        modalities,
-        subset,
-        split,
-        rank,
-        world_size,
-        shuffle,
-        chunk_size,
-        window,
-        seed,
-        dtype,
-        pipeline,
-        obs_keys,
-        transform,
-        preload,
-    ) -> None:
-        """Everything that needs the open store; see ``__init__`` for the arguments."""
-        drop_last = self.drop_last
-        self.backend: Backend = get_backend(device)
-        self.modalities = _resolve_modalities(self.store, modalities)
-        self.positions = subset_positions(self.store.obs, subset, split, self.store.path)
-        rank, world_size = _distributed_rank(rank, world_size)
-        self.epoch_sampler = EpochSampler(
-            len(self.positions), shuffle, chunk_size, window, seed, rank, world_size, drop_last
-        )
-        self.dtype = dtype
-        self.pipeline = pipeline
-        keys = select_columns(self.store.obs, obs_keys, [m.name for m in self.modalities], self.store.path)
-        self.obs_columns = ObsColumns.from_frame(self.store.obs, keys)
-        self.obs_frame = self.backend.frame(self.store.obs[keys])
-        self._obs_device = {k: self.backend.to_device(v) for k, v in self.obs_columns.numeric.items()}
-        self._codes_device = {k: self.backend.to_device(v) for k, v in self.obs_columns.codes.items()}
-        self.transforms = self._parse_transforms(transform)
-        self._layout, self._row_scale = self._prepare_layout()
-        self._preload = self._resolve_preload(preload)
-        self._preloaded: RowBlock | None = None
-        self._epoch = 0
-        self._batches_done = 0
-        self._resume_requested = False
-        self._active_stop: threading.Event | None = None
 
     # -- set-up -----------------------------------------------------------------------------
     def _parse_transforms(self, transform) -> dict[str, Transform]:

@@ -79,25 +79,9 @@ def zero_row(r, first, step, mod_base, mod_width, out):
                 out[start + i * step] = 0
 
 
-def scatter_row(
-    r,
-    row,
-    first,
-    step,
-    indptr,
-    indices,
-    data,
-    col_mod,
-    col_out,
-    mod_base,
-    mod_width,
-    mod_code,
-    mod_threshold,
-    row_scale,
-    col_weight,
-    out,
-    present,
-):
+# fmt: off
+def scatter_row(r, row, first, step, indptr, indices, data, col_mod, col_out, mod_base, mod_width, mod_code,
+                mod_threshold, row_scale, col_weight, out, present):
     """Write stored values ``first``, ``first+step``, ... of block row ``row`` into batch row
     ``r``, transformed; return OK or the last error code.
 
@@ -130,3 +114,4 @@ def scatter_row(
             safe, code, row_scale[r, m], col_weight[j], mod_threshold[m]
         )
     return err
+# fmt: on

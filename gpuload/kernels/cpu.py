@@ -12,49 +12,19 @@ zero_row = njit(inline="always")(arithmetic.zero_row)
 scatter_row = njit(inline="always")(arithmetic.scatter_row)
 
 
+# fmt: off
 @njit(parallel=True, nogil=True)
-def gather_rows(
-    indptr,
-    indices,
-    data,
-    local_rows,
-    col_mod,
-    col_out,
-    mod_base,
-    mod_width,
-    mod_code,
-    mod_threshold,
-    row_scale,
-    col_weight,
-    out,
-    present,
-    status,
-):
+def gather_rows(indptr, indices, data, local_rows, col_mod, col_out, mod_base, mod_width, mod_code,
+                mod_threshold, row_scale, col_weight, out, present, status):
     """Densify ``local_rows`` of a CSR block into ``out`` (zeroing it first), transformed.
 
     ``status`` gets (error code, batch row) of a value that cannot be transformed.
     """
     for r in prange(local_rows.size):
         zero_row(r, 0, 1, mod_base, mod_width, out)
-        err = scatter_row(
-            r,
-            local_rows[r],
-            0,
-            1,
-            indptr,
-            indices,
-            data,
-            col_mod,
-            col_out,
-            mod_base,
-            mod_width,
-            mod_code,
-            mod_threshold,
-            row_scale,
-            col_weight,
-            out,
-            present,
-        )
+        err = scatter_row(r, local_rows[r], 0, 1, indptr, indices, data, col_mod, col_out, mod_base,
+                          mod_width, mod_code, mod_threshold, row_scale, col_weight, out, present)
         if err != OK:
             status[0] = err
             status[1] = r
+# fmt: on

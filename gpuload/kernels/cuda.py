@@ -17,51 +17,21 @@ scatter_row = cuda.jit(device=True)(arithmetic.scatter_row)
 THREADS_PER_ROW = 128
 
 
+# fmt: off
 @cuda.jit
-def gather_rows(
-    indptr,
-    indices,
-    data,
-    local_rows,
-    col_mod,
-    col_out,
-    mod_base,
-    mod_width,
-    mod_code,
-    mod_threshold,
-    row_scale,
-    col_weight,
-    out,
-    present,
-    status,
-):
+def gather_rows(indptr, indices, data, local_rows, col_mod, col_out, mod_base, mod_width, mod_code,
+                mod_threshold, row_scale, col_weight, out, present, status):
     """Same contract as :func:`gpuload.kernels.cpu.gather_rows`; launch with one block per row."""
     tid, step = cuda.threadIdx.x, cuda.blockDim.x
     for r in range(cuda.blockIdx.x, local_rows.size, cuda.gridDim.x):
         zero_row(r, tid, step, mod_base, mod_width, out)
         cuda.syncthreads()
-        err = scatter_row(
-            r,
-            local_rows[r],
-            tid,
-            step,
-            indptr,
-            indices,
-            data,
-            col_mod,
-            col_out,
-            mod_base,
-            mod_width,
-            mod_code,
-            mod_threshold,
-            row_scale,
-            col_weight,
-            out,
-            present,
-        )
+        err = scatter_row(r, local_rows[r], tid, step, indptr, indices, data, col_mod, col_out, mod_base,
+                          mod_width, mod_code, mod_threshold, row_scale, col_weight, out, present)
         if err != OK:
             status[0] = err
             status[1] = r
+# fmt: on
 
 
 def launch_gather(stream, n_rows: int, *args) -> None:
