@@ -34,7 +34,7 @@ from plot import plot_results  # noqa: E402
 PEERS = HERE / "peers.py"
 ANNBATCH_PYTHON = HERE / ".venv-annbatch" / "bin" / "python"
 RESULTS_MD = HERE / "RESULTS.md"
-GPULOAD = ("gpuload-cpu", "gpuload-gpu")
+GPULOAD = ("gpuload-cpu", "gpuload-cpu-preload", "gpuload-gpu")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

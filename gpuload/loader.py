@@ -428,12 +428,11 @@ class MultiomeLoader:
 
     def _to_device(self, block: RowBlock) -> RowBlock:
         b = self.backend
-        return RowBlock(
-            block.rows,
-            b.to_device(block.indptr),
-            b.to_device(block.indices),
-            b.to_device(block.data),
+        moved = RowBlock(
+            block.rows, b.to_device(block.indptr), b.to_device(block.indices), b.to_device(block.data)
         )
+        b.synchronize()  # the pinned host buffers may be reused once this returns
+        return moved
 
     def assemble(self, block: RowBlock, rows: np.ndarray) -> dict:
         """One batch: the gather kernel over ``block`` for file ``rows``, plus obs and masks."""
