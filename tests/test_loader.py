@@ -87,33 +87,16 @@ def test_all_modalities_as_one_x(small_h5ad, small_adata):
 @pytest.mark.parametrize("shuffle", [True, "full"])
 def test_shuffled_epochs_are_permutations(small_h5ad, shuffle):
     subset = "batch in ['s1d1', 's2d1', 's3d6', 's4d8']"
-    loader = MultiomeLoader(
-        small_h5ad,
-        batch_size=32,
-        shuffle=shuffle,
-        seed=3,
-        device="cpu",
-        subset=subset,
-        chunk_size=16,
-        window=4,
-        obs_keys=["batch"],
+    kwargs = dict(
+        batch_size=32, shuffle=shuffle, seed=3, device="cpu", subset=subset, chunk_size=16, window=4
     )
+    loader = MultiomeLoader(small_h5ad, obs_keys=["batch"], **kwargs)
     expected = np.sort(loader.positions)
     e0, e1 = _rows(loader), _rows(loader)
     np.testing.assert_array_equal(np.sort(e0), expected)
     np.testing.assert_array_equal(np.sort(e1), expected)
     assert not np.array_equal(e0, e1)
-    again = MultiomeLoader(
-        small_h5ad,
-        batch_size=32,
-        shuffle=shuffle,
-        seed=3,
-        device="cpu",
-        subset=subset,
-        chunk_size=16,
-        window=4,
-        obs_keys=["batch"],
-    )
+    again = MultiomeLoader(small_h5ad, obs_keys=["batch"], **kwargs)
     np.testing.assert_array_equal(_rows(again), e0)
     again.set_epoch(1)
     np.testing.assert_array_equal(_rows(again), e1)
