@@ -35,7 +35,7 @@ GPU_INSTALL_HINT = (
     "or create the conda environment in environment.yml"
 )
 # The simulator runs every CUDA thread as a Python thread: keep blocks small there.
-SIMULATOR_THREADS_PER_ROW = 4
+SIMULATOR_THREADS = 4
 
 
 def simulator_enabled() -> bool:
@@ -168,12 +168,36 @@ class Backend:
             return cuda.as_cuda_array(tensor)
         return tensor.numpy()
 
+    def _launch(self, kernel: str, n_rows: int, *args) -> None:
+        """Run ``kernel`` of this face: the CPU twin, or the CUDA kernel (simulated or real)."""
+        if self.name == "cpu":
+            from gpuload.kernels import cpu
+
+            getattr(cpu, kernel)(*args)
+            return
+        from gpuload.kernels import cuda as cuda_kernels
+
+        if self.name == "cudasim":
+            cuda_kernels.launch(getattr(cuda_kernels, kernel), None, n_rows, *args, threads=SIMULATOR_THREADS)
+            return
+        from numba import cuda
+
+        cuda_kernels.launch(
+            getattr(cuda_kernels, kernel), cuda.external_stream(self.stream.ptr), n_rows, *args
+        )
+
+    def _status(self, status) -> np.ndarray:
+        return status.get(stream=self.stream) if self.on_gpu else status
+
     def gather(
         self, block, local_rows, layout, row_scale, out: torch.Tensor, present: torch.Tensor
     ) -> np.ndarray:
         """Densify ``local_rows`` of a device CSR block into ``out`` and mark ``present``
         ([rows, modalities], zeroed by the caller); return the kernel's (error, row) status."""
-        args = (
+        status = self.xp.zeros(2, dtype=np.int64)
+        self._launch(
+            "gather_rows",
+            int(local_rows.shape[0]),
             block.indptr,
             block.indices,
             block.data,
@@ -188,23 +212,43 @@ class Backend:
             layout.col_weight,
             self._kernel_view(out),
             self._kernel_view(present),
+            status,
         )
-        n_rows = int(local_rows.shape[0])
-        status = self.xp.zeros(2, dtype=np.int64)
-        if self.name == "cpu":
-            from gpuload.kernels.cpu import gather_rows
+        return self._status(status)
 
-            gather_rows(*args, status)
-            return status
-        from gpuload.kernels import cuda as cuda_kernels
-
-        if self.name == "cudasim":
-            cuda_kernels.gather_rows[max(1, n_rows), SIMULATOR_THREADS_PER_ROW](*args, status)
-            return status
-        from numba import cuda
-
-        cuda_kernels.launch_gather(cuda.external_stream(self.stream.ptr), n_rows, *args, status)
-        return status.get(stream=self.stream)
+    def gather_sparse(self, block, local_rows, layout, row_scale, present: torch.Tensor, dtype) -> tuple:
+        """The same rows as CSR entries per modality: (offsets [modalities * rows + 1], column
+        indices, values, status). Modality ``m``'s row ``r`` spans
+        ``offsets[m * rows + r] : offsets[m * rows + r + 1]``."""
+        xp, n = self.xp, int(local_rows.shape[0])
+        counts = xp.zeros((len(layout.names), n), dtype=np.int64)
+        self._launch("count_rows", n, block.indptr, block.indices, local_rows, layout.col_mod, counts)
+        offsets = xp.zeros(counts.size + 1, dtype=np.int64)
+        xp.cumsum(counts.ravel(), out=offsets[1:])
+        cursor = offsets[:-1].reshape(counts.shape).copy()
+        total = int(offsets[-1])
+        indices, values = xp.empty(total, dtype=np.int64), xp.empty(total, dtype=dtype)
+        status = xp.zeros(2, dtype=np.int64)
+        self._launch(
+            "fill_rows",
+            n,
+            block.indptr,
+            block.indices,
+            block.data,
+            local_rows,
+            layout.col_mod,
+            layout.col_out,
+            layout.mod_code,
+            layout.mod_threshold,
+            row_scale,
+            layout.col_weight,
+            cursor,
+            indices,
+            values,
+            self._kernel_view(present),
+            status,
+        )
+        return offsets, indices, values, self._status(status)
 
 
 def get_backend(device: str | torch.device = "auto") -> Backend:

@@ -38,6 +38,7 @@ from gpuload.transforms import Transform, compute_stats, parse_transform
 
 ALL = "all"
 OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+OUTPUTS = ("dense", "sparse_csr")
 _END = object()
 _POLL_SECONDS = 0.1
 
@@ -150,6 +151,9 @@ class MultiomeLoader:
         Data-parallel share; by default taken from ``torch.distributed`` when initialized.
     dtype
         Output dtype of the matrices (``torch.float32``; ``float16``/``bfloat16`` are cast).
+    output
+        ``"dense"`` (``[B, width]`` tensors) or ``"sparse_csr"`` (``torch.sparse_csr_tensor`` per
+        modality, the transformed stored values only, for models that take sparse input).
     num_workers, pin_memory
         Accepted for drop-in compatibility with DataLoader and ignored: gpuload's reader
         thread replaces worker processes, and outputs are written on the target device.
@@ -179,6 +183,7 @@ class MultiomeLoader:
         rank: int | None = None,
         world_size: int | None = None,
         dtype: torch.dtype = torch.float32,
+        output: str = "dense",
         cache_dir: str | os.PathLike | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -195,6 +200,11 @@ class MultiomeLoader:
             raise ArgumentError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
         if pipeline not in ("native", "dali"):
             raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
+        if output not in OUTPUTS or (output == "sparse_csr" and pipeline == "dali"):
+            raise ArgumentError(
+                f"output must be one of {OUTPUTS} (sparse_csr with pipeline='native'), got {output!r}"
+            )
+        self.output = output
         owns_store = not isinstance(data, MultiomeStore)
         self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
         try:
@@ -441,22 +451,44 @@ class MultiomeLoader:
         rows_dev = xp.asarray(rows)
         n = rows.size
         kernel_dtype = torch.float32 if self.dtype in (torch.float16, torch.bfloat16) else self.dtype
-        out = b.empty_output(n * sum(layout.widths), kernel_dtype)
         with b.torch_stream():
             present = torch.zeros((n, len(layout.names)), dtype=torch.int8, device=b.torch_device)
-        status = b.gather(block, local, layout.for_batch(xp, n), self._row_scale[rows_dev], out, present)
-        if int(status[0]) != ops.OK:
-            self._raise_kernel_error(int(status[0]), int(rows[int(status[1])]))
-        batch: dict = {}
-        start = 0
-        for name, width in zip(layout.names, layout.widths, strict=True):
-            view = out[start : start + n * width].view(n, width)
-            batch[name] = view if kernel_dtype == self.dtype else view.to(self.dtype)
-            start += n * width
+        if self.output == "sparse_csr":
+            batch = self._sparse_matrices(block, local, present, n, rows, rows_dev, kernel_dtype)
+        else:
+            out = b.empty_output(n * sum(layout.widths), kernel_dtype)
+            status = b.gather(block, local, layout.for_batch(xp, n), self._row_scale[rows_dev], out, present)
+            if int(status[0]) != ops.OK:
+                self._raise_kernel_error(int(status[0]), int(rows[int(status[1])]))
+            batch = {}
+            start = 0
+            for name, width in zip(layout.names, layout.widths, strict=True):
+                view = out[start : start + n * width].view(n, width)
+                batch[name] = view if kernel_dtype == self.dtype else view.to(self.dtype)
+                start += n * width
         batch["mask"] = {name: present[:, i].bool() for i, name in enumerate(layout.names)}
         batch["index"] = b.to_torch(rows_dev)
         batch["obs"], batch["obs_codes"] = self.gather_obs(rows, rows_dev)
         b.synchronize()
+        return batch
+
+    def _sparse_matrices(self, block, local, present, n, rows, rows_dev, kernel_dtype) -> dict:
+        """``output="sparse_csr"``: one ``torch.sparse_csr_tensor`` per modality."""
+        b, layout = self.backend, self._layout
+        value_dtype = torch.empty(0, dtype=kernel_dtype).numpy().dtype
+        offsets, indices, values, status = b.gather_sparse(
+            block, local, layout, self._row_scale[rows_dev], present, value_dtype
+        )
+        if int(status[0]) != ops.OK:
+            self._raise_kernel_error(int(status[0]), int(rows[int(status[1])]))
+        batch = {}
+        for m, (name, width) in enumerate(zip(layout.names, layout.widths, strict=True)):
+            crow = offsets[m * n : (m + 1) * n + 1]
+            lo, hi = int(crow[0]), int(crow[-1])
+            matrix = torch.sparse_csr_tensor(
+                b.to_torch(crow - lo), b.to_torch(indices[lo:hi]), b.to_torch(values[lo:hi]), size=(n, width)
+            )
+            batch[name] = matrix if kernel_dtype == self.dtype else matrix.to(self.dtype)
         return batch
 
     def gather_obs(self, rows: np.ndarray, rows_dev) -> tuple[dict, dict]:

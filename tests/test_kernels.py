@@ -281,12 +281,17 @@ def test_cuda_kernel_compiles_to_ptx():
         # Device functions ask the current device for its compute capability; there is none.
         dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
         from numba import cuda
-        from gpuload.kernels.cuda import gather_rows
+        from gpuload.kernels.cuda import count_rows, fill_rows, gather_rows
         for data, index in (("float32", "int32"), ("float64", "int64")):
             sig = (f"int64[:], {index}[:], {data}[:], int64[:], int64[:], int64[:], int64[:], int64[:], "
                    "int64[:], float64[:], float32[:, :], float32[:], float32[:], int8[:, :], int64[:]")
             ptx, _ = cuda.compile_ptx(gather_rows.py_func, sig, cc=(8, 0))
             assert ".entry" in ptx and "st.global" in ptx, ptx[:200]
+            counts = f"int64[:], {index}[:], int64[:], int64[:], int64[:, :]"
+            fill = (f"int64[:], {index}[:], {data}[:], int64[:], int64[:], int64[:], int64[:], float64[:], "
+                    "float32[:, :], float32[:], int64[:, :], int64[:], float32[:], int8[:, :], int64[:]")
+            for kernel, signature in ((count_rows, counts), (fill_rows, fill)):
+                assert ".entry" in cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0))[0]
         print("ok")
         """
     )
@@ -295,3 +300,29 @@ def test_cuda_kernel_compiles_to_ptx():
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_sparse_output_equals_dense_output(face, small_h5ad):
+    """``output="sparse_csr"``: the same transformed values as the dense batch, as CSR."""
+    subset = np.arange(SIM_CELLS) if face == "cudasim" else None
+    kwargs = dict(
+        batch_size=16,
+        shuffle=True,
+        seed=2,
+        device=face,
+        layer="counts",
+        subset=subset,
+        obs_keys=[],
+        transform={"GEX": "log1p_size_factor", "ATAC": {"name": "tfidf", "flavor": "signac"}},
+    )
+    dense = list(MultiomeLoader(small_h5ad, **kwargs))
+    sparse = list(MultiomeLoader(small_h5ad, output="sparse_csr", **kwargs))
+    for d, s in zip(dense, sparse, strict=True):
+        assert torch.equal(d["index"], s["index"]) and torch.equal(d["mask"]["ATAC"], s["mask"]["ATAC"])
+        for name in ("GEX", "ATAC"):
+            assert s[name].layout == torch.sparse_csr and s[name].shape == d[name].shape
+            torch.testing.assert_close(s[name].to_dense(), d[name])
+            crow, col = s[name].crow_indices(), s[name].col_indices()
+            for r in range(crow.numel() - 1):  # columns in file order within each row
+                assert torch.all(col[crow[r] + 1 : crow[r + 1]] > col[crow[r] : crow[r + 1] - 1])

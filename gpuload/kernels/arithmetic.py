@@ -115,3 +115,44 @@ def scatter_row(r, row, first, step, indptr, indices, data, col_mod, col_out, mo
         )
     return err
 # fmt: on
+
+
+# Sparse output: a count pass, a prefix sum (by the caller), then a fill pass. Each modality's
+# entries of batch row r go to positions cursor[m, r], cursor[m, r] + 1, ... of flat arrays, so
+# every modality is one CSR matrix. One thread per row keeps column order within a row.
+def count_row(r, row, indptr, indices, col_mod, counts):
+    """Count block row ``row``'s stored values per modality into ``counts[m, r]``."""
+    for k in range(indptr[row], indptr[row + 1]):
+        j = indices[k]
+        if j >= 0 and j < col_mod.size and col_mod[j] >= 0:
+            counts[col_mod[j], r] += 1
+
+
+# fmt: off
+def fill_row(r, row, indptr, indices, data, col_mod, col_out, mod_code, mod_threshold, row_scale, col_weight,
+             cursor, out_indices, out_values, present):
+    """Write block row ``row``'s values, transformed, as CSR entries of batch row ``r`` of each
+    modality (at ``cursor[m, r]``, which advances); return OK or the last error code."""
+    err = OK
+    for k in range(indptr[row], indptr[row + 1]):
+        j = indices[k]
+        if j < 0 or j >= col_mod.size:
+            err = COLUMN_OUT_OF_RANGE
+            continue
+        m = col_mod[j]
+        if m < 0:
+            continue
+        x = data[k]
+        code = mod_code[m]
+        if x != 0:
+            present[r, m] = 1
+        e = check_value(x, code)
+        if e != OK:
+            err = e
+        safe = x if e == OK else 0.0
+        p = cursor[m, r]
+        out_indices[p] = col_out[j]
+        out_values[p] = transform_value(safe, code, row_scale[r, m], col_weight[j], mod_threshold[m])
+        cursor[m, r] = p + 1
+    return err
+# fmt: on

@@ -13,6 +13,8 @@ from gpuload.kernels.arithmetic import OK
 
 zero_row = cuda.jit(device=True)(arithmetic.zero_row)
 scatter_row = cuda.jit(device=True)(arithmetic.scatter_row)
+count_row = cuda.jit(device=True)(arithmetic.count_row)
+fill_row = cuda.jit(device=True)(arithmetic.fill_row)
 
 THREADS_PER_ROW = 128
 
@@ -34,7 +36,30 @@ def gather_rows(indptr, indices, data, local_rows, col_mod, col_out, mod_base, m
 # fmt: on
 
 
-def launch_gather(stream, n_rows: int, *args) -> None:
-    """Launch :func:`gather_rows` over ``n_rows`` batch rows on ``stream``."""
-    blocks = max(1, min(n_rows, 65535))
-    gather_rows[blocks, THREADS_PER_ROW, stream](*args)
+@cuda.jit
+def count_rows(indptr, indices, local_rows, col_mod, counts):
+    """Sparse output, pass 1 (one thread per batch row)."""
+    for r in range(cuda.grid(1), local_rows.size, cuda.gridsize(1)):
+        count_row(r, local_rows[r], indptr, indices, col_mod, counts)
+
+
+# fmt: off
+@cuda.jit
+def fill_rows(indptr, indices, data, local_rows, col_mod, col_out, mod_code, mod_threshold, row_scale,
+              col_weight, cursor, out_indices, out_values, present, status):
+    """Sparse output, pass 2 (one thread per batch row, so columns stay in order)."""
+    for r in range(cuda.grid(1), local_rows.size, cuda.gridsize(1)):
+        err = fill_row(r, local_rows[r], indptr, indices, data, col_mod, col_out, mod_code, mod_threshold,
+                       row_scale, col_weight, cursor, out_indices, out_values, present)
+        if err != OK:
+            status[0] = err
+            status[1] = r
+# fmt: on
+
+
+def launch(kernel, stream, n_rows: int, *args, threads: int = THREADS_PER_ROW) -> None:
+    """Launch one of this module's kernels over ``n_rows`` batch rows (``stream=None``: the
+    default stream, as in the simulator)."""
+    # gather_rows takes a block per row; the sparse passes take a thread per row.
+    blocks = max(1, min(n_rows, 65535)) if kernel is gather_rows else max(1, -(-n_rows // threads))
+    (kernel[blocks, threads] if stream is None else kernel[blocks, threads, stream])(*args)
