@@ -15,7 +15,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import anndata as ad
-import h5py
 import numpy as np
 import torch
 
@@ -117,12 +116,6 @@ def seed_loader(path: str, batch_size: int, num_workers: int = 0) -> torch.utils
     return torch.utils.data.DataLoader(
         SeedRowDataset(path), batch_size=batch_size, shuffle=True, num_workers=num_workers
     )
-
-
-def full_width(path: str) -> int:
-    with h5py.File(path, "r") as f:
-        node = f["X"]
-        return int(node.shape[1] if isinstance(node, h5py.Dataset) else node.attrs["shape"][1])
 
 
 def run_bench(

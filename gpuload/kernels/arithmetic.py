@@ -62,6 +62,14 @@ def check_value(x, code):
 
 
 @register_jitable
+def checked_value(x, code, row_scale, col_weight, threshold):
+    """(transformed value, error code): a value that fails its check becomes 0, since the
+    simulator's ``math`` would raise on it; the caller raises for the whole batch."""
+    err = check_value(x, code)
+    return transform_value(x if err == OK else 0.0, code, row_scale, col_weight, threshold), err
+
+
+@register_jitable
 def _count(start, stop, step):
     """len(range(start, stop, step)) for step > 0: the strided loops run over range(count),
     a unit-step loop LLVM optimizes as such when the step turns out to be 1 (the CPU twin)."""
@@ -106,13 +114,10 @@ def scatter_row(r, row, first, step, indptr, indices, data, col_mod, col_out, mo
         code = mod_code[m]
         if x != 0:
             present[r, m] = 1
-        e = check_value(x, code)
+        value, e = checked_value(x, code, row_scale[r, m], col_weight[j], mod_threshold[m])
         if e != OK:
             err = e
-        safe = x if e == OK else 0.0
-        out[mod_base[m] + r * mod_width[m] + col_out[j]] = transform_value(
-            safe, code, row_scale[r, m], col_weight[j], mod_threshold[m]
-        )
+        out[mod_base[m] + r * mod_width[m] + col_out[j]] = value
     return err
 # fmt: on
 
@@ -146,13 +151,12 @@ def fill_row(r, row, indptr, indices, data, col_mod, col_out, mod_code, mod_thre
         code = mod_code[m]
         if x != 0:
             present[r, m] = 1
-        e = check_value(x, code)
+        value, e = checked_value(x, code, row_scale[r, m], col_weight[j], mod_threshold[m])
         if e != OK:
             err = e
-        safe = x if e == OK else 0.0
         p = cursor[m, r]
         out_indices[p] = col_out[j]
-        out_values[p] = transform_value(safe, code, row_scale[r, m], col_weight[j], mod_threshold[m])
+        out_values[p] = value
         cursor[m, r] = p + 1
     return err
 # fmt: on
