@@ -34,7 +34,7 @@ install: $(VENV)/.installed-base
 dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-base
-	$(BIN)/python -m gpuload.demo --out $(DEMO_DIR)
+	$(BIN)/python -m gpuload.reference.demo --out $(DEMO_DIR)
 
 # NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, so the
 # whole CPU test session runs with the simulator on; CPU twins are unaffected.

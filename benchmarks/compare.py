@@ -3,7 +3,7 @@
     python benchmarks/compare.py --out bench_out [--cells 20000] [--batch-sizes 32 256]
                                  [--file EXISTING.h5ad] [--time-cells 16384]
 
-Without ``--file`` it writes a synthetic BMMC-shaped file (``gpuload synth``, full width).
+Without ``--file`` it writes a synthetic BMMC-shaped file (``gpuload.bmmc.synth``, full width).
 Then, for each batch size, every contender runs in its own process (``peers.py``): shuffled
 dense float32 GEX and ATAC batches plus cell_type, timed on a fixed number of cells after a
 warm-up, peak RSS of that process, and one batch checked against anndata + scipy. annbatch
@@ -62,7 +62,7 @@ def synthesize(out: Path, cells: int) -> tuple[Path, float]:
     print(f"writing {path} ({cells:,} cells, full width) with gpuload synth ...", flush=True)
     t0 = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "gpuload.cli", "synth", "--out", str(path), "--cells", str(cells), "--quiet"],
+        [sys.executable, "-m", "gpuload", "synth", "--out", str(path), "--cells", str(cells), "--quiet"],
         check=True,
     )
     return path, time.perf_counter() - t0

@@ -16,7 +16,7 @@ import torch
 
 from gpuload import MultiomeLoader
 from gpuload.backend import gpu_available
-from gpuload.bench import seed_loader, time_loader
+from gpuload.reference.bench import seed_loader, time_loader
 
 
 def _zero_copy(path: str) -> bool:

@@ -34,12 +34,12 @@ def measure(loader: MultiomeLoader, block, sub: sp.csr_matrix, batches: list[np.
     """cells/s of gpuload's CPU twin, scipy and the ceiling on the same row batches."""
     backend = get_backend("cpu")
     b, width = batches[0].size, sub.shape[1]
-    layout = loader._layout.for_batch(np, b)
+    layout = loader.plan.layout.for_batch(np, b)
     out = backend.empty_output(b * width, loader.dtype)
     present = torch.zeros((b, len(loader.modalities)), dtype=torch.int8)
 
     def ours(rows):
-        backend.gather(block, rows, layout, loader._row_scale[rows], out, present)
+        backend.gather(block, rows, layout, loader.plan.row_scale[rows], out, present)
 
     def ceiling(rows):
         dense = np.zeros((b, width), np.float32)

@@ -8,7 +8,7 @@
 
 Every contender delivers the same thing: shuffled batches of dense float32 GEX and ATAC rows
 (split by ``var["feature_types"]``) and the ``cell_type`` of those cells, as a :class:`Batch`.
-The timing loop mirrors ``gpuload.bench.time_loader``: time to the first batch, three warm-up
+The timing loop mirrors ``gpuload.reference.bench.time_loader``: time to the first batch, three warm-up
 batches, then a fixed number of cells. One more batch is then checked against reference rows
 read with anndata + scipy.
 
@@ -138,7 +138,7 @@ def peak_rss_mb() -> float:
 
 def make_seed(path: str, batch_size: int, work: Path) -> Contender:
     """The seed's approach: one backed-h5ad row per ``__getitem__`` through torch's DataLoader."""
-    from gpuload.bench import seed_loader
+    from gpuload.reference.bench import seed_loader
 
     t0 = time.perf_counter()
     loader = seed_loader(path, batch_size)
@@ -153,7 +153,7 @@ def make_seed(path: str, batch_size: int, work: Path) -> Contender:
         epoch,
         setup,
         notes=[
-            "gpuload.bench.seed_loader, num_workers=0; it does not say which "
+            "gpuload.reference.bench.seed_loader, num_workers=0; it does not say which "
             "cells it returned: checked by row hash"
         ],
     )

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 
 from gpuload import MultiomeLoader
-from gpuload.models import MultiomeVAE
+from gpuload.reference.models import MultiomeVAE
 
 
 class MultiomeDataModule(L.LightningDataModule):

@@ -6,6 +6,7 @@
 ...     batch["GEX"], batch["ATAC"], batch["obs"]["cell_type"]
 """
 
+from gpuload.bmmc.synth import write_synthetic
 from gpuload.errors import (
     ArgumentError,
     DataValueError,
@@ -15,9 +16,8 @@ from gpuload.errors import (
     ObsKeyError,
     SchemaError,
 )
+from gpuload.formats import MultiomeStore, open_multiome
 from gpuload.loader import MultiomeLoader
-from gpuload.store import MultiomeStore, open_multiome
-from gpuload.synth import write_synthetic
 
 __version__ = "0.1.0"
 __all__ = [

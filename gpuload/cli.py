@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpuload import schema
+from gpuload.bmmc import schema
 from gpuload.errors import GpuloadError
 
 EXIT_BAD_INPUT = 2
@@ -29,7 +29,7 @@ def _positive_int(text: str) -> int:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from gpuload.synth import write_synthetic
+    from gpuload.bmmc.synth import write_synthetic
 
     path = write_synthetic(
         args.out,
@@ -56,7 +56,7 @@ def _describe_encoding(store) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from gpuload.store import open_multiome
+    from gpuload.formats import open_multiome
 
     with open_multiome(args.file) as store:
         print(f"{store.path}: {store.n_cells:,} cells x {store.n_vars:,} features")
@@ -68,7 +68,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             )
         )
         print(f"X: {_describe_encoding(store)}")
-        layers = list(store._file["layers"].keys()) if "layers" in store._file else []
+        layers = store.layers
         for layer in layers:
             with open_multiome(args.file, layer=layer, cache_dir=args.cache_dir) as ls:
                 print(f"layers[{layer!r}]: {_describe_encoding(ls)}")
@@ -91,8 +91,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from gpuload.backend import get_backend
-    from gpuload.bench import format_table, run_bench
-    from gpuload.store import open_multiome
+    from gpuload.formats import open_multiome
+    from gpuload.reference.bench import format_table, run_bench
 
     open_multiome(args.file).close()  # bad input is reported before any contender runs
     get_backend(args.device)
@@ -105,7 +105,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from gpuload.train import run_train
+    from gpuload.reference.train import run_train
 
     return run_train(args)
 
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train the multimodal VAE through the loader and evaluate it")
-    from gpuload.train import add_train_arguments
+    from gpuload.reference.train import add_train_arguments
 
     add_train_arguments(p)
     p.set_defaults(func=cmd_train)

@@ -22,6 +22,11 @@ Like ``torch.utils.data.DistributedSampler``: with ``drop_last=False`` the order
 repeating its first cells until it divides by ``world_size``; with ``drop_last=True`` the tail
 is dropped. Rank ``r`` takes the ``r``-th contiguous segment of the epoch order, so under
 block shuffle each rank reads whole windows.
+
+Reads
+-----
+:func:`load_requests` says what to read together: consecutive batches in groups of about
+``chunk_size * window`` cells (:class:`LoadRequest`), so a window is read in a few long runs.
 """
 
 from __future__ import annotations
@@ -29,7 +34,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
+from gpuload.checks import non_negative_int, positive_int
 from gpuload.errors import ArgumentError
 
 SHUFFLE_MODES = (False, True, "block", "full")
@@ -82,9 +89,7 @@ class EpochSampler:
         if self.shuffle not in SHUFFLE_MODES:
             raise ArgumentError(f"shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}")
         for name in ("chunk_size", "window", "world_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-                raise ArgumentError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, getattr(self, name))
         if not 0 <= self.rank < self.world_size:
             raise ArgumentError(f"rank must lie in [0, world_size={self.world_size}), got {self.rank}")
         if self.world_size > self.n:
@@ -112,6 +117,51 @@ class EpochSampler:
         if total > order.size:
             order = np.concatenate([order, order[: total - order.size]])
         return order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
+
+
+def distributed_share(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size) as given, else from an initialized ``torch.distributed``, else (0, 1)."""
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None:
+            raise ArgumentError("pass both rank and world_size, or neither")
+        return non_negative_int("rank", rank), positive_int("world_size", world_size)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What to read together (sorted unique file ``rows``) and the ``batches`` (file rows, in
+    delivery order) cut from it."""
+
+    rows: np.ndarray
+    batches: list[np.ndarray]
+
+
+def load_requests(
+    batches: list[np.ndarray], positions: np.ndarray, chunk_size: int, window: int, batch_size: int
+) -> list[LoadRequest]:
+    """Consecutive ``batches`` (file rows) grouped into reads of about ``chunk_size * window``
+    cells; ``positions`` are the selected file rows, sorted.
+
+    The first batch is read on its own, so that it arrives without waiting for a whole group.
+    A group reads its own rows, or, when they fill at least half of the chunks they touch (block
+    shuffle), those whole chunks: few long contiguous reads instead of many short ones (a group
+    that straddles two windows takes random halves of chunks).
+    """
+    per_group = max(1, (chunk_size * window) // batch_size)
+    starts = [0, *range(1, len(batches), per_group)] if batches else []
+    requests = []
+    for start, stop in zip(starts, [*starts[1:], len(batches)], strict=True):
+        group = batches[start:stop]
+        rows = np.unique(np.concatenate(group))
+        chunks = np.unique(np.searchsorted(positions, rows) // chunk_size)
+        if chunks.size * chunk_size <= 2 * rows.size:
+            whole = (chunks[:, None] * chunk_size + np.arange(chunk_size)).ravel()
+            rows = positions[whole[whole < positions.size]]
+        requests.append(LoadRequest(rows, group))
+    return requests
 
 
 def batch_label_entropy(order: np.ndarray, labels: np.ndarray, batch_size: int) -> float:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpuload.backend import simulator_enabled
-from gpuload.synth import write_synthetic
+from gpuload.bmmc.synth import write_synthetic
 
 REAL_GEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "bmmc_multiome_starter_gex.h5ad"
 SMALL = {"n_cells": 600, "n_genes": 120, "n_peaks": 900}

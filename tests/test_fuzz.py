@@ -45,7 +45,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpuload.synth import write_synthetic
+from gpuload.bmmc.synth import write_synthetic
 
 from .conftest import file_digest
 
@@ -263,10 +263,9 @@ def _apply_h5py(f: h5py.File, mutation: tuple, rng: np.random.Generator) -> None
             array = array.reshape(*array.shape, 1)
         elif how == "scalar":
             array = array.reshape(-1)[0] if array.size else np.zeros((), array.dtype)
-        elif how == "empty":
-            array = array[:0]
-        elif how == "drop_last":
-            array = array[:-1]
+        elif how in ("empty", "drop_last"):
+            array = np.atleast_1d(array)  # an earlier "scalar" left a 0-d array
+            array = array[:0] if how == "empty" else array[:-1]
         else:
             array = np.concatenate([array, array[-1:]]) if array.ndim and array.size else array
     elif kind in ("set", "swap"):

@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from gpuload import MultiomeLoader
 from gpuload.backend import get_backend
 from gpuload.errors import DataValueError
+from gpuload.formats import RowBlock
 from gpuload.kernels import arithmetic as ops
-from gpuload.loader import Layout
-from gpuload.store import RowBlock
+from gpuload.plan import Layout
 
 FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 

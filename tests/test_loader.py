@@ -251,7 +251,7 @@ def test_preload_out_of_memory_falls_back_to_streaming(small_h5ad, monkeypatch):
         chunk_size=25,
         window=2,
     )
-    to_device = loader._to_device
+    to_device = loader.fetcher.to_device
     calls = []
 
     def first_fails(block):
@@ -260,7 +260,7 @@ def test_preload_out_of_memory_falls_back_to_streaming(small_h5ad, monkeypatch):
             raise MemoryError("out of device memory")
         return to_device(block)
 
-    monkeypatch.setattr(loader, "_to_device", first_fails)
+    monkeypatch.setattr(loader.fetcher, "to_device", first_fails)
     with pytest.warns(RuntimeWarning, match="streaming instead"):
         rows = np.concatenate([b["index"].numpy() for b in loader])
     np.testing.assert_array_equal(rows, np.arange(600))

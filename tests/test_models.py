@@ -10,15 +10,16 @@ import pytest
 import torch
 from scipy import stats
 
+from gpuload.bmmc.synth import write_synthetic
 from gpuload.errors import SchemaError
-from gpuload.models import (
+from gpuload.reference.metrics import batch_asw, matching_matrix
+from gpuload.reference.models import (
     MultiomeVAE,
     kl_to_prior,
     negative_binomial_log_prob,
     product_of_experts,
 )
-from gpuload.synth import write_synthetic
-from gpuload.train import batch_asw, matching_matrix, split_cells, train
+from gpuload.reference.train import split_cells, train
 
 N_GENES, N_PEAKS, N_BATCHES = 40, 60, 3
 

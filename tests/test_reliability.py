@@ -2,7 +2,7 @@
 the CLI; faults during iteration reach the consumer promptly and leave no thread or process
 behind; no cell is lost; the input file is never written.
 
-Every broken file is a real ``.h5ad`` written by ``gpuload.synth`` (through anndata) and then
+Every broken file is a real ``.h5ad`` written by ``gpuload.bmmc.synth`` (through anndata) and then
 edited with h5py or at the byte level.
 """
 
@@ -37,7 +37,7 @@ from gpuload import (
     cli,
     open_multiome,
 )
-from gpuload.synth import write_synthetic
+from gpuload.bmmc.synth import write_synthetic
 
 from .conftest import file_digest
 
@@ -598,7 +598,7 @@ def test_cli_bench_and_train_report_one_line(base, tmp_path, capsys, untouched, 
 
 @pytest.fixture(scope="module")
 def cli_runs(base, tmp_path_factory):
-    """A few real ``python -m gpuload.cli`` processes, started together (each imports torch)."""
+    """A few real ``python -m gpuload`` processes, started together (each imports torch)."""
     d = tmp_path_factory.mktemp("cli")
     missing, truncated = d / "missing.h5ad", _truncated(base, d)
     commands = {
@@ -609,7 +609,7 @@ def cli_runs(base, tmp_path_factory):
     }
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "gpuload.cli", *map(str, argv)],
+            [sys.executable, "-m", "gpuload", *map(str, argv)],
             cwd=d,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -796,7 +796,7 @@ def test_reader_error_reaches_the_consumer(base, warm, where, monkeypatch, no_le
     if where == "read_block":
         target, name, injected = loader.store, "read_block", RuntimeError("injected reader failure")
     else:
-        target, name, injected = loader.store._reader, "read", OSError("injected I/O error")
+        target, name, injected = loader.store.reader, "read", OSError("injected I/O error")
     failing = FailingRead(2, getattr(target, name), injected)
     monkeypatch.setattr(target, name, failing)
     seen = []
@@ -908,7 +908,7 @@ def test_sigint_stops_the_cli_promptly(base, tmp_path):
         "1000000000",
     ]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpuload.cli", *map(str, argv)],
+        [sys.executable, "-m", "gpuload", *map(str, argv)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

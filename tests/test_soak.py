@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gpuload import MultiomeLoader
-from gpuload.synth import write_synthetic
+from gpuload.bmmc.synth import write_synthetic
 
 from .conftest import file_digest
 

@@ -10,9 +10,9 @@ import pytest
 import scipy.sparse as sp
 
 from gpuload import open_multiome
+from gpuload.bmmc.synth import write_synthetic
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
-from gpuload.metadata import subset_positions
-from gpuload.synth import write_synthetic
+from gpuload.plan.obs import subset_positions
 
 from .conftest import file_digest
 
@@ -147,7 +147,7 @@ def test_missing_layer_and_modality_key(small_h5ad):
 
 
 def test_obs_key_suggestions(small_h5ad):
-    from gpuload.metadata import select_columns
+    from gpuload.plan.obs import select_columns
 
     with (
         open_multiome(small_h5ad) as store,

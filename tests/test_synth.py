@@ -13,8 +13,8 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_score
 
-from gpuload import schema
-from gpuload.synth import write_synthetic
+from gpuload.bmmc import schema
+from gpuload.bmmc.synth import write_synthetic
 
 from .conftest import SMALL
 
@@ -110,7 +110,7 @@ def test_nonzeros_per_cell_like_real_data(data_dir):
 
 def _cli(*args):
     return subprocess.run(
-        [sys.executable, "-m", "gpuload.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "gpuload", *args], capture_output=True, text=True, timeout=300
     )
 
 

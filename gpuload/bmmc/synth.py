@@ -23,7 +23,7 @@ import pandas as pd
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from gpuload import schema
+from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError
 
 X_FORMATS = ("csr", "csc", "dense")

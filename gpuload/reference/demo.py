@@ -13,13 +13,15 @@ import argparse
 import time
 from pathlib import Path
 
-from gpuload.bench import format_table, run_bench
-from gpuload.synth import write_synthetic
-from gpuload.train import train
+from gpuload.bmmc.synth import write_synthetic
+from gpuload.reference.bench import format_table, run_bench
+from gpuload.reference.train import train
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gpuload.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m gpuload.reference.demo", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
     parser.add_argument("--cells", type=int, default=4000)
     parser.add_argument(

@@ -15,15 +15,13 @@ On a machine without a GPU the same pipeline runs on the CPU (``device_id=None``
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
-
-import numpy as np
 
 from gpuload.errors import DeviceError
 
 if TYPE_CHECKING:
-    from gpuload.loader import MultiomeLoader
+    from gpuload.backend import Backend
 
 DALI_INSTALL_HINT = "pip install nvidia-dali-cuda120 (or the gpu-cu12 extra)"
 
@@ -39,21 +37,26 @@ def _import_dali():
     return fn, pipeline_def, DALIGenericIterator
 
 
-def dali_batches(loader: MultiomeLoader, batches: list[np.ndarray]) -> Iterator[dict]:
-    """Yield ``loader``'s batches for ``batches`` after a round trip through a DALI pipeline."""
+def dali_batches(
+    batches: Iterator[dict], *, names: Sequence[str], batch_size: int, backend: Backend
+) -> Iterator[dict]:
+    """Yield ``batches`` after a round trip of their ``names`` matrices (and ``"index"``) through
+    a DALI external-source pipeline; obs and masks ride beside it, in order.
+
+    ``batch_size`` is the pipeline's maximum batch size; ``backend`` says where the matrices
+    live (a GPU pipeline on the backend's device and stream, else a CPU pipeline).
+    """
     fn, pipeline_def, DALIGenericIterator = _import_dali()
-    backend = loader.backend
-    names = [*loader._layout.names, "index"]
-    produced = loader._produce_in_background(batches)
+    names = [*names, "index"]
     pending: deque[dict] = deque()  # the obs and masks that ride beside DALI, in order
 
     def source():
-        batch = next(produced)  # StopIteration ends the DALI epoch
+        batch = next(batches)  # StopIteration ends the DALI epoch
         pending.append(batch)
         return tuple(batch[n] if backend.on_gpu else batch[n].numpy() for n in names)
 
     @pipeline_def(
-        batch_size=loader.batch_size,
+        batch_size=batch_size,
         num_threads=1,
         device_id=backend.torch_device.index if backend.on_gpu else None,
         exec_dynamic=True,
@@ -80,5 +83,6 @@ def dali_batches(loader: MultiomeLoader, batches: list[np.ndarray]) -> Iterator[
                 batch[name] = outputs[0][name]
             yield batch
     finally:
-        produced.close()
+        if hasattr(batches, "close"):  # a generator's threads stop now, not at collection
+            batches.close()
         del dali_pipe

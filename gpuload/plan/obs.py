@@ -1,5 +1,4 @@
-"""Per-cell metadata (obs): read it with anndata's own element reader, select columns and
-subsets, and hand per-batch values out as arrays.
+"""Per-cell metadata (obs) for a loader: which columns, which cells, and the columns as arrays.
 
 Numeric columns become float32 (NaN kept) or int64 arrays, booleans bool arrays, and
 categoricals or strings int64 codes plus their category list. On a GPU the frame lives in cuDF
@@ -11,32 +10,12 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from gpuload import schema
+from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
-
-if TYPE_CHECKING:
-    import h5py
-
-
-def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
-    """The obs frame via anndata's element registry (categoricals, nullable ints, strings)."""
-    from anndata.io import read_elem
-
-    if "obs" not in f:
-        raise SchemaError(f"{path}: no 'obs' group; expected an AnnData .h5ad")
-    try:
-        obs = read_elem(f["obs"])
-    except Exception as e:  # anndata raises many kinds on a malformed frame
-        raise SchemaError(f"{path}: obs cannot be read as an AnnData dataframe ({e})") from e
-    if not isinstance(obs, pd.DataFrame):
-        raise SchemaError(f"{path}: obs is a {type(obs).__name__}; expected an AnnData dataframe")
-    obs.index = obs.index.astype(str)
-    return obs
 
 
 def modality_of_column(column: str) -> str | None:

@@ -1,12 +1,6 @@
-"""Train the reference :class:`~gpuload.models.MultiomeVAE` through :class:`MultiomeLoader` and
-score it on held-out cells with the three NeurIPS 2021 multimodal tasks.
-
-- Predict modality: GEX -> ATAC RMSE on binarized ATAC and ATAC -> GEX RMSE on
-  ``ln(1 + counts / size_factor)``, next to predicting every cell as the training cells' mean.
-- Match modality: an N x N matrix whose rows (GEX embeddings) are distributions over the
-  columns (ATAC embeddings); the score is the mass on the true partner, next to random 1/N.
-- Joint embedding: KMeans with one cluster per cell type -> NMI and ARI; cell-type ASW and
-  batch ASW, scaled as in the competition.
+"""Train the reference :class:`~gpuload.reference.models.MultiomeVAE` through
+:class:`~gpuload.MultiomeLoader` and score it on held-out cells with the three NeurIPS 2021
+multimodal tasks (:mod:`gpuload.reference.metrics`).
 
 Held-out cells are the competition's test batches when the file has the competition's batch
 names, else a seeded random 20%.
@@ -20,30 +14,19 @@ import os
 import time
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only: training runs on headless machines
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA
-from sklearn.metrics import (
-    adjusted_rand_score,
-    normalized_mutual_info_score,
-    silhouette_samples,
-    silhouette_score,
-)
 from tqdm.auto import tqdm
 
-from gpuload import schema
+from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
+from gpuload.formats import MultiomeStore, open_multiome
 from gpuload.loader import MultiomeLoader
-from gpuload.metadata import find_column
-from gpuload.models import SIZE_FACTOR_KEYS, MultiomeVAE, log_normalize, size_factors_of
-from gpuload.store import MultiomeStore, open_multiome
+from gpuload.plan.obs import find_column
+from gpuload.reference.metrics import evaluate
+from gpuload.reference.models import SIZE_FACTOR_KEYS, MultiomeVAE, log_normalize, size_factors_of
+from gpuload.reference.report import plot_embedding, write_report
 
-MAX_MATCH_CELLS = 1000
 TEST_FRACTION = 0.2
 LEARNING_RATE = 1e-3
 
@@ -147,150 +130,6 @@ def _fit(
             history.append(float(epoch_loss) / len(loader))
     baseline.all_reduce()
     return history, baseline, n_cells / (time.perf_counter() - start)
-
-
-def matching_matrix(gex_post: torch.Tensor, atac_post: torch.Tensor) -> torch.Tensor:
-    """Row i: how likely each ATAC cell j is GEX cell i's partner, from posterior overlap.
-
-    Two posteriors N(m_i, v_i) and N(m_j, v_j) describe the same z with likelihood
-    N(m_i - m_j; 0, v_i + v_j); each row is that likelihood normalized over j (rows sum to 1).
-    ``gex_post`` and ``atac_post`` are stacked (mean, variance), [2, cells, latent_dim].
-    """
-    (m_g, v_g), (m_a, v_a) = gex_post, atac_post
-    var = v_g[:, None, :] + v_a[None, :, :]
-    log_lik = -0.5 * ((m_g[:, None, :] - m_a[None, :, :]).square() / var + var.log()).sum(-1)
-    return torch.softmax(log_lik, dim=1)
-
-
-def batch_asw(embedding: np.ndarray, batches: np.ndarray, cell_types: np.ndarray) -> float:
-    """The competition's batch ASW: within each cell type, 1 - |silhouette by batch| per cell,
-    averaged per cell type and then over cell types (1 = batches fully mixed)."""
-    scores = []
-    for cell_type in np.unique(cell_types):
-        here = cell_types == cell_type
-        if np.unique(batches[here]).size < 2 or here.sum() <= np.unique(batches[here]).size:
-            continue  # silhouette needs >= 2 batches and more cells than batches
-        scores.append(np.mean(1.0 - np.abs(silhouette_samples(embedding[here], batches[here]))))
-    return float(np.mean(scores)) if scores else float("nan")
-
-
-def embedding_scores(
-    embedding: np.ndarray, cell_types: np.ndarray, batches: np.ndarray, seed: int
-) -> dict[str, float]:
-    """NMI and ARI of a KMeans clustering (one cluster per cell type), and the two ASWs."""
-    n_types = np.unique(cell_types).size
-    clusters = KMeans(n_clusters=n_types, n_init=10, random_state=seed).fit_predict(embedding)
-    return {
-        "nmi": float(normalized_mutual_info_score(cell_types, clusters)),
-        "ari": float(adjusted_rand_score(cell_types, clusters)),
-        "asw_cell_type": float((silhouette_score(embedding, cell_types) + 1.0) / 2.0),
-        "asw_batch": batch_asw(embedding, batches, cell_types),
-    }
-
-
-@torch.no_grad()
-def evaluate(
-    model: MultiomeVAE, loader: MultiomeLoader, train_means: tuple, seed: int
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
-    """All held-out metrics, streaming over ``loader``; also the embeddings for the plot."""
-    model.eval()
-    gex_mean, atac_mean = train_means
-    squared = dict.fromkeys(("atac", "atac_base", "gex", "gex_base"), 0.0)
-    n_gex = n_atac = 0
-    posteriors: dict[str, list] = {"joint": [], "gex": [], "atac": []}
-    cell_types, batches = [], []
-    for batch in loader:
-        gex, atac, codes = batch["GEX"], batch["ATAC"], batch["obs_codes"]["batch"]
-        size_factors = size_factors_of(batch)
-        target = log_normalize(gex, size_factors)
-        predicted = model.predict_gex_from_atac(atac, codes, gex.sum(-1), size_factors)
-        squared["gex"] += (predicted - target).square().sum()
-        squared["gex_base"] += (gex_mean - target).square().sum()
-        squared["atac"] += (model.predict_atac_from_gex(gex, codes) - atac).square().sum()
-        squared["atac_base"] += (atac_mean - atac).square().sum()
-        n_gex, n_atac = n_gex + target.numel(), n_atac + atac.numel()
-        for name, (mean, var) in model.posteriors(gex, atac).items():
-            posteriors[name].append(torch.stack([mean, var]).cpu())
-        cell_types += batch["obs"]["cell_type"]
-        batches += batch["obs"]["batch"]
-    metrics = {
-        "gex2atac_rmse": float((squared["atac"] / n_atac).sqrt()),
-        "gex2atac_rmse_baseline": float((squared["atac_base"] / n_atac).sqrt()),
-        "atac2gex_rmse": float((squared["gex"] / n_gex).sqrt()),
-        "atac2gex_rmse_baseline": float((squared["gex_base"] / n_gex).sqrt()),
-    }
-    # [2 (mean, var), cells, latent] per posterior
-    mean_var = {name: torch.cat(parts, dim=1) for name, parts in posteriors.items()}
-    n_cells = mean_var["joint"].shape[1]
-    pick = np.sort(np.random.default_rng(seed).permutation(n_cells)[:MAX_MATCH_CELLS])
-    match = matching_matrix(mean_var["gex"][:, pick], mean_var["atac"][:, pick])
-    metrics.update(
-        match_score=float(match.diagonal().mean()), match_random=1.0 / pick.size, match_n=int(pick.size)
-    )
-    embedding = mean_var["joint"][0].numpy()
-    cell_types, batches = np.array(cell_types), np.array(batches)
-    metrics.update(embedding_scores(embedding, cell_types, batches, seed))
-    return metrics, {"embedding": embedding, "cell_type": cell_types, "batch": batches}
-
-
-def plot_embedding(embedding: np.ndarray, cell_types: np.ndarray, batches: np.ndarray, path: Path) -> None:
-    """The joint embedding's first two principal components, coloured by cell type and by batch."""
-    xy = PCA(n_components=2).fit_transform(embedding)
-    fig, axes = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
-    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
-    for ax, labels, title in ((axes[0], cell_types, "cell type"), (axes[1], batches, "batch")):
-        for i, label in enumerate(np.unique(labels)):
-            on = labels == label
-            ax.scatter(*xy[on].T, s=4, color=colours[i % len(colours)], label=label, rasterized=True)
-        ax.set(title=f"held-out joint embedding (PCA) by {title}", xlabel="PC 1", ylabel="PC 2")
-        ax.legend(fontsize=7, markerscale=3, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_report(metrics: dict, path: Path) -> None:
-    """report.md: the run, then one markdown table row per metric."""
-    m = metrics
-    rows = [  # task, metric, metrics key, what the baseline is
-        ("Predict GEX -> ATAC", "RMSE on binarized ATAC", "gex2atac_rmse", "mean per peak"),
-        ("Predict ATAC -> GEX", "RMSE on ln(1 + counts / size factor)", "atac2gex_rmse", "mean per gene"),
-        ("Match modality", f"mean M[i, i], N = {m['match_n']}", "match_score", "random 1/N"),
-        ("Joint embedding", f"NMI, KMeans k = {m['n_cell_types']}", "nmi", ""),
-        ("Joint embedding", "ARI", "ari", ""),
-        ("Joint embedding", "cell-type ASW, (asw + 1) / 2", "asw_cell_type", ""),
-        ("Joint embedding", "batch ASW, 1 - abs(asw) within cell types", "asw_batch", ""),
-    ]
-    baselines = {
-        "gex2atac_rmse": m["gex2atac_rmse_baseline"],
-        "atac2gex_rmse": m["atac2gex_rmse_baseline"],
-        "match_score": m["match_random"],
-    }
-    lines = [
-        "# gpuload MultiomeVAE training report",
-        "",
-        f"- data: `{m['data']}`",
-        f"- cells: {m['n_train']} training, {m['n_test']} held out ({m['split']})",
-        f"- model: {m['gex_likelihood']} GEX likelihood, latent {m['latent_dim']}; "
-        f"{m['epochs']} epochs of {m['batch_size']} cells on {m['device']}",
-        f"- training: {m['train_seconds']:.1f} s, {m['cells_per_second']:.0f} cells/s; "
-        f"loss per epoch {', '.join(f'{x:.1f}' for x in m['loss_history'])}",
-        "",
-        "| task | metric | model | baseline | baseline is |",
-        "|---|---|---:|---:|---|",
-    ]
-    for task, metric, key, what in rows:
-        base = f"{baselines[key]:.4f}" if key in baselines else ""
-        lines.append(f"| {task} | {metric} | {m[key]:.4f} | {base} | {what} |")
-    lines += [
-        "",
-        "Lower RMSE is better; higher is better for the rest. Baselines use the training cells only.",
-        "ATAC -> GEX with the NB likelihood averages NB draws at each held-out cell's GEX library size",
-        "and size factor (its sequencing depth, none of its expression values).",
-        "",
-        "![held-out joint embedding](embedding.png)",
-        "",
-    ]
-    path.write_text("\n".join(lines))
 
 
 def _open_checked(data_path: str | os.PathLike) -> tuple[MultiomeStore, str]:

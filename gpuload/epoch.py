@@ -1,0 +1,141 @@
+"""One epoch's background work: a reader thread and an assembler thread, one group apart.
+
+The reader reads group k+1 from the file (and copies it to the device) while the assembler runs
+the kernels on group k: double buffering. Both hand their items over through bounded queues, so
+memory is O(window + prefetch); an exception in either thread reaches the consumer; however the
+consumer leaves (end, break, exception, garbage collection), both threads stop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numba
+
+from gpuload.assembly import BatchAssembler
+from gpuload.errors import GpuloadError
+from gpuload.fetch import BlockFetcher
+from gpuload.sampler import LoadRequest
+
+_END = object()
+_POLL_SECONDS = 0.1
+
+
+class EpochRun:
+    """The batches of ``requests``, assembled in the background.
+
+    Parameters
+    ----------
+    requests
+        What to read, group by group, and the batches cut from each group.
+    fetcher, assembler
+        The reader's and the assembler's work.
+    prefetch
+        Batches the assembler may hold ready.
+    num_threads
+        Threads of the CPU kernel.
+    """
+
+    def __init__(
+        self,
+        requests: Sequence[LoadRequest],
+        fetcher: BlockFetcher,
+        assembler: BatchAssembler,
+        *,
+        prefetch: int,
+        num_threads: int,
+    ) -> None:
+        self.requests, self.fetcher, self.assembler = requests, fetcher, assembler
+        self.prefetch, self.num_threads = prefetch, num_threads
+        self.stopped = threading.Event()
+
+    def stop(self) -> None:
+        """End the threads at their next item (a new iteration ends an abandoned one)."""
+        self.stopped.set()
+
+    def __iter__(self) -> Iterator[dict]:
+        backend = self.assembler.backend
+
+        def read_groups() -> Iterator:
+            with backend.device_context():
+                yield from self.fetcher.blocks(self.requests)
+
+        def assemble_batches(groups: Background) -> Iterator[dict]:
+            numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
+            with backend.device_context():
+                for block, request in groups:
+                    for rows in request.batches:
+                        yield self.assembler.assemble(block, rows)
+
+        groups = Background(read_groups(), 1, "gpuload-reader", self.stopped)
+        ready = Background(assemble_batches(groups), self.prefetch, "gpuload-assembler", self.stopped)
+        try:
+            yield from ready
+        finally:
+            self.stopped.set()
+            for stage in (ready, groups):
+                stage.join()
+
+
+@dataclass
+class _Failure:
+    error: BaseException
+
+
+class Background:
+    """Runs an iterator in a daemon thread and hands its items over through a bounded queue.
+
+    An exception in the thread is re-raised in the consumer; setting ``stop`` ends the thread
+    at its next item (every wait polls it, so nothing blocks forever).
+    """
+
+    def __init__(self, items: Iterator, maxsize: int, name: str, stop: threading.Event) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_SECONDS)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put(item):
+                    return
+            self._put(_END)
+        except BaseException as e:  # handed to the consumer, which re-raises it
+            self._put(_Failure(e))
+        finally:
+            items.close()  # a generator's own cleanup (with-blocks) runs in its thread
+
+    def __iter__(self) -> Iterator:
+        while not self._stop.is_set():
+            try:
+                item = self._queue.get(timeout=_POLL_SECONDS)
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise GpuloadError(f"{self._thread.name} thread ended without a result") from None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, _Failure):
+                raise item.error
+            yield item
+
+    def join(self) -> None:
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            warnings.warn(
+                f"{self._thread.name} thread did not stop within 30 s", RuntimeWarning, stacklevel=3
+            )

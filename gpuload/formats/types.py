@@ -1,0 +1,81 @@
+"""The vocabulary every reader speaks: how a matrix is stored, which columns a modality owns, and
+the block of rows a read returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Encoding:
+    """How the matrix is stored: what ``gpuload info`` prints and what the readers dispatch on."""
+
+    kind: str  # "csr", "csc" or "dense"
+    dtype: np.dtype
+    index_dtype: np.dtype | None  # of ``indices`` (sparse only)
+    indptr_dtype: np.dtype | None
+    nnz: int | None
+    chunks: tuple[int, ...] | None
+    compression: str | None
+
+
+@dataclass(frozen=True)
+class Modality:
+    """One modality's columns in the full-width matrix, in file order."""
+
+    name: str
+    columns: np.ndarray  # int64 positions in the full width
+
+    @property
+    def width(self) -> int:
+        return int(self.columns.size)
+
+    @property
+    def contiguous(self) -> bool:
+        c = self.columns
+        return c.size > 0 and int(c[-1] - c[0]) + 1 == c.size
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """Full-width CSR arrays of ``rows`` (sorted, unique global row ids); ``indptr`` starts at 0."""
+
+    rows: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+    data: np.ndarray
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        """Positions of global ``rows`` inside this block."""
+        return np.searchsorted(self.rows, rows).astype(np.int64)
+
+
+class RowReader(Protocol):
+    """What every on-disk encoding's reader offers the store (see :mod:`gpuload.formats.encoding`)."""
+
+    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+        """Full-width CSR of sorted unique ``rows``; ``empty(n, dtype)`` allocates the buffers."""
+
+    def row_lengths(self) -> np.ndarray | None:
+        """Stored values per row (int64), or None where only a read can tell (dense)."""
+
+    def close(self) -> None:
+        """Release what the reader opened itself."""
+
+
+def row_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split sorted unique rows into maximal runs of consecutive ids: (starts, stops)."""
+    if rows.size == 0:
+        return rows[:0], rows[:0]
+    breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+    starts = rows[np.r_[0, breaks]]
+    stops = rows[np.r_[breaks - 1, rows.size - 1]] + 1
+    return starts, stops
+
+
+def kernel_values(values: np.ndarray) -> np.ndarray:
+    """float16 values as float32: neither scipy nor numba's CPU target computes in float16."""
+    return values.astype(np.float32) if values.dtype == np.float16 else values

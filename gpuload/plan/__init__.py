@@ -1,0 +1,12 @@
+"""The loader's plan, built once: modalities, cells, column layout, transforms, obs columns.
+
+``loader_plan`` builds the immutable :class:`LoaderPlan` from the options; ``layout`` is the
+column routing the kernels read; ``transforms`` and ``stats`` prepare per-cell scales and
+per-column weights; ``obs`` selects obs columns and cells.
+"""
+
+from gpuload.plan.layout import Layout
+from gpuload.plan.loader_plan import ALL, LoaderPlan, build_plan
+from gpuload.plan.transforms import Transform
+
+__all__ = ["ALL", "Layout", "LoaderPlan", "Transform", "build_plan"]

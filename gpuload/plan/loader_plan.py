@@ -1,0 +1,137 @@
+"""The loader's plan: everything decided once, before the first batch, and never changed after.
+
+Which modalities and cells, where each column goes, which transform each modality gets with the
+per-cell scales and per-column weights it needs, and which obs columns ride along. The plan holds
+host (numpy) arrays only; the assembler moves what the kernels read to the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gpuload.errors import ArgumentError
+from gpuload.formats import Modality, MultiomeStore
+from gpuload.plan.layout import Layout
+from gpuload.plan.obs import ObsColumns, select_columns, subset_positions
+from gpuload.plan.stats import compute_stats
+from gpuload.plan.transforms import Transform, parse_transform
+
+ALL = "all"
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """What a loader delivers, decided once (see the module docstring)."""
+
+    where: str  # "path:key", for messages
+    n_vars: int
+    modalities: tuple[Modality, ...]
+    positions: np.ndarray  # the selected file rows, sorted
+    transforms: dict[str, Transform]
+    layout: Layout  # numpy arrays
+    row_scale: np.ndarray  # [n_cells, n_modalities] float32
+    obs_keys: tuple[str, ...]  # the delivered obs columns, in order
+    obs: ObsColumns
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.layout.names
+
+
+def build_plan(
+    store: MultiomeStore,
+    *,
+    modalities: str | Sequence[str] = ("GEX", "ATAC"),
+    transform=None,
+    obs_keys: Sequence[str] | None = None,
+    subset=None,
+    split: str | None = None,
+) -> LoaderPlan:
+    """Resolve the loader's selection options against ``store`` (arguments as
+    :class:`~gpuload.loader.MultiomeLoader`); reads the file once when a transform needs
+    column statistics."""
+    mods = resolve_modalities(store, modalities)
+    positions = subset_positions(store.obs, subset, split, store.path)
+    keys = select_columns(store.obs, obs_keys, [m.name for m in mods], store.path)
+    transforms = parse_transforms(transform, [m.name for m in mods])
+    layout, row_scale = prepare_layout(store, mods, transforms, positions)
+    return LoaderPlan(
+        where=f"{store.path}:{store.key}",
+        n_vars=store.n_vars,
+        modalities=tuple(mods),
+        positions=positions,
+        transforms=transforms,
+        layout=layout,
+        row_scale=row_scale,
+        obs_keys=tuple(keys),
+        obs=ObsColumns.from_frame(store.obs, keys),
+    )
+
+
+def resolve_modalities(store: MultiomeStore, modalities) -> list[Modality]:
+    """The store's modalities named by ``modalities`` (``"all"``: one full-width ``"X"``)."""
+    if modalities == ALL:
+        return [Modality("X", np.arange(store.n_vars, dtype=np.int64))]
+    if isinstance(modalities, str):
+        names = [modalities]
+    elif isinstance(modalities, Sequence) and all(isinstance(m, str) for m in modalities):
+        names = list(modalities)
+    else:
+        raise ArgumentError(f"modalities must be a name, a sequence of names or 'all', got {modalities!r}")
+    if not names:
+        raise ArgumentError("modalities is empty; give 'GEX', 'ATAC', a tuple of them, or 'all'")
+    valid = [*store.modalities, ALL]
+    for name in names:
+        if name not in store.modalities:
+            raise ArgumentError(f"{store.path}: unknown modality {name!r}; valid: {valid}")
+    if len(set(names)) != len(names):
+        raise ArgumentError(f"modalities {names} repeats a modality")
+    return [store.modalities[n] for n in names]
+
+
+def parse_transforms(transform, names: list[str]) -> dict[str, Transform]:
+    """One Transform per loaded modality, from one spec for all or a ``{modality: spec}`` dict."""
+    if isinstance(transform, dict) and not ("name" in transform and transform.get("name") not in names):
+        unknown = [k for k in transform if k not in names]
+        if unknown:
+            raise ArgumentError(f"transform names modalities {unknown} that are not loaded; loaded: {names}")
+        return {n: parse_transform(transform.get(n)) for n in names}
+    return {n: parse_transform(transform) for n in names}
+
+
+def prepare_layout(
+    store: MultiomeStore, modalities: list[Modality], transforms: dict[str, Transform], positions: np.ndarray
+) -> tuple[Layout, np.ndarray]:
+    """Column routing, per-modality codes and per-cell scales, computed once."""
+    stats = compute_stats(store, positions) if any(t.needs_stats for t in transforms.values()) else None
+    col_mod = np.full(store.n_vars, -1, dtype=np.int64)
+    col_out = np.zeros(store.n_vars, dtype=np.int64)
+    col_weight = np.ones(store.n_vars, dtype=np.float32)
+    row_scale = np.ones((store.n_cells, len(modalities)), dtype=np.float32)
+    codes, thresholds = [], []
+    for i, mod in enumerate(modalities):
+        col_mod[mod.columns] = i
+        col_out[mod.columns] = np.arange(mod.width)
+        prepared = transforms[mod.name].prepare(
+            mod.name, store.obs, stats, mod.columns, positions, store.path
+        )
+        codes.append(prepared.code)
+        thresholds.append(prepared.threshold)
+        if prepared.row_scale is not None:
+            row_scale[:, i] = prepared.row_scale
+        if prepared.col_weight is not None:
+            col_weight[mod.columns] = prepared.col_weight
+    layout = Layout(
+        names=tuple(m.name for m in modalities),
+        widths=tuple(m.width for m in modalities),
+        col_mod=col_mod,
+        col_out=col_out,
+        mod_width=np.array([m.width for m in modalities], dtype=np.int64),
+        mod_code=np.array(codes, dtype=np.int64),
+        mod_threshold=np.array(thresholds, dtype=np.float64),
+        col_weight=col_weight,
+    )
+    return layout, row_scale

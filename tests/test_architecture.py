@@ -1,0 +1,144 @@
+"""The house rules of the package, checked on its source: the public API the README uses exists,
+arrows run one way (formats -> plan -> assembly -> loader -> integrations / applications), there
+are no import circles, no module reads another's private names, and modules stay small."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "gpuload"
+
+# Each unit's layer: a module may import its own unit and units of lower layers only.
+LAYERS = {
+    "errors": 0,
+    "bmmc": 0,
+    "bmmc.schema": 0,
+    "checks": 1,
+    "kernels": 2,
+    "formats": 2,
+    "sampler": 2,
+    "bmmc.synth": 2,
+    "plan": 3,
+    "backend": 3,
+    "fetch": 4,
+    "assembly": 4,
+    "epoch": 5,
+    "loader": 6,
+    "integrations": 7,
+    "reference": 7,
+    "cli": 8,
+    "__init__": 9,
+    "__main__": 10,
+}
+# The one arrow against the flow: ``pipeline="dali"`` imports its integration when chosen.
+ALLOWED_UPWARD = {("loader", "integrations.dali")}
+# Modules allowed over MAX_LINES, and why.
+MAX_LINES = 400
+LONG_MODULES = {
+    "bmmc/synth.py": "the generator of one dataset's whole schema (obs, var, obsm, uns, X, layers)",
+}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE).with_suffix("").parts
+        name = ".".join(parts[:-1]) if parts[-1] == "__init__" and len(parts) > 1 else ".".join(parts)
+        out[name] = path
+    return out
+
+
+def _unit(module: str) -> str:
+    for unit in sorted(LAYERS, key=len, reverse=True):
+        if module == unit or module.startswith(unit + "."):
+            return unit
+    raise AssertionError(f"gpuload.{module} belongs to no layer in tests/test_architecture.py")
+
+
+def _imports(path: Path) -> set[str]:
+    """gpuload modules ``path`` imports (module level and inside functions), without the prefix."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("gpuload"):
+            base = node.module.removeprefix("gpuload").lstrip(".")
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}".lstrip(".")
+                found.add(candidate if candidate in _modules() else base or "__init__")
+        elif isinstance(node, ast.Import):
+            found |= {a.name.removeprefix("gpuload.") for a in node.names if a.name.startswith("gpuload.")}
+    return found
+
+
+def test_readme_names_are_public():
+    import gpuload
+
+    readme = (ROOT / "README.md").read_text()
+    used = set(re.findall(r"gpuload\.([A-Za-z_]\w*)\(", readme))
+    assert used >= {"MultiomeLoader"}
+    for name in used | {"open_multiome", "MultiomeStore", "write_synthetic", "GpuloadError"}:
+        assert hasattr(gpuload, name), f"the README uses gpuload.{name}, which the package does not export"
+        assert name in gpuload.__all__
+
+
+def test_arrows_run_one_way():
+    wrong = []
+    for module, path in _modules().items():
+        here = _unit(module)
+        for target in _imports(path):
+            there = _unit(target)
+            if there != here and LAYERS[there] >= LAYERS[here] and (here, target) not in ALLOWED_UPWARD:
+                wrong.append(f"gpuload.{module} imports gpuload.{target} ({here} -> {there})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_circles():
+    graph = {m: {t for t in _imports(p) if t in _modules() and t != m} for m, p in _modules().items()}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in graph[node]:
+            if state.get(nxt) == 1:
+                pytest.fail("import circle: " + " -> ".join([*trail[trail.index(nxt) :], nxt]))
+            if nxt not in state:
+                visit(nxt, [*trail, nxt])
+        state[node] = 2
+
+    for module in graph:
+        if module not in state:
+            visit(module, [module])
+
+
+def test_no_private_reads_across_modules():
+    """``obj._name`` only on ``self``/``cls``: what a neighbour needs is public API."""
+    hits = []
+    sources = [*PACKAGE.rglob("*.py"), *(ROOT / "benchmarks").glob("*.py"), *(ROOT / "examples").glob("*.py")]
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and re.match(r"_[a-z]", node.attr):
+                owner = node.value.id if isinstance(node.value, ast.Name) else None
+                if owner not in ("self", "cls"):
+                    hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: .{node.attr}")
+    assert not hits, "\n".join(hits)
+
+
+def test_modules_stay_small():
+    long = {
+        str(p.relative_to(PACKAGE)): n
+        for p in PACKAGE.rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > MAX_LINES
+    }
+    assert set(long) <= set(LONG_MODULES), f"modules over {MAX_LINES} lines: {long}"
+
+
+def test_loader_class_is_thin():
+    tree = ast.parse((PACKAGE / "loader.py").read_text())
+    (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "MultiomeLoader"]
+    docstring = ast.get_docstring(cls) or ""
+    lines = cls.end_lineno - cls.lineno + 1 - len(docstring.splitlines())
+    assert lines <= 200, f"MultiomeLoader has {lines} lines of code (docstring excluded)"
