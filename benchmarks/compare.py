@@ -256,7 +256,7 @@ def machine_info() -> dict:
     with open("/proc/meminfo") as f:
         mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
     try:
-        from gpuload.backend import gpu_available
+        from gpuload.device import gpu_available
 
         gpu = "yes" if gpu_available() else "none"
     except ImportError:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On a machine with an NVIDIA GPU (cupy, numba-cuda and torch installed; DALI/cuDF optional):
-# run the real-GPU tests and the GPU benchmark, printing a short table for benchmarks/RESULTS.md.
+# On a machine with an NVIDIA GPU (cupy, numba-cuda and torch installed; DALI/cuDF/kvikio optional):
+# the real-GPU tests (under compute-sanitizer's memcheck too, when it is installed) and the GPU
+# benchmark, printing tables for benchmarks/RESULTS.md.
 #   bash benchmarks/gpu.sh [CELLS]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,11 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY -c "import cupy, numba.cuda as c, torch; print('cupy', cupy.__version__, '| numba-cuda GPU', c.is_available(), '| torch', torch.__version__, torch.cuda.is_available())"
 echo "== pytest -m gpu"
 $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py
+if command -v compute-sanitizer >/dev/null 2>&1; then
+  echo "== the GPU tests under compute-sanitizer --tool memcheck"
+  compute-sanitizer --tool memcheck --error-exitcode 1 --target-processes all \
+    $PY -m pytest -q -m gpu -p no:cacheprovider tests/test_gpu.py -k "not two_ranks and not busy and not side_stream"
+fi
 DATA=${DATA:-/tmp/gpuload_bench_${CELLS}.h5ad}
 [ -f "$DATA" ] || $PY -m gpuload synth --out "$DATA" --cells "$CELLS" --quiet
 echo "== GPU benchmark on $DATA"

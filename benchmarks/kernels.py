@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from gpuload.backend import get_backend
+from gpuload.device import get_backend
 from gpuload.loader import MultiomeLoader
 
 

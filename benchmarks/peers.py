@@ -363,7 +363,7 @@ def make_annbatch(path: str, batch_size: int, work: Path) -> Contender:
 
 def _gpuload(path: str, batch_size: int, device: str, preload: bool = False) -> Contender:
     from gpuload import MultiomeLoader
-    from gpuload.backend import gpu_available
+    from gpuload.device import gpu_available
 
     if device == "cuda" and not gpu_available():
         raise Skip("not measured (no GPU)")

@@ -1,27 +1,110 @@
-"""Batch assembly: a device row block and a batch's file rows in, the batch dict out.
+"""Batch assembly: a device row block and consecutive batches in, one kernel launch, batches out.
 
-The gather kernel densifies (or, for ``output="sparse_csr"``, compacts) the rows into torch
-memory, applying each modality's transform; the obs columns of those cells and the per-modality
-masks ride along. A value the kernel cannot transform is raised here, naming the row.
+A *super-batch* is as many consecutive batches of a read group as fit a byte budget of output.
+One kernel launch assembles all of its rows: each modality's transformed values (dense, or CSR
+entries for ``output="sparse_csr"``), each row's per-modality presence and status, and its obs
+values from the packed obs matrices. The host waits once per super-batch, for the status, so a
+bad value is raised (naming its row) before any batch holding it is handed out, while the batches
+before it still are. Each batch is then views of the super-batch's buffers.
+
+Dense layout: batch ``k`` of a super-batch owns one contiguous region of the flat output, its
+modalities' ``[B_k, width]`` blocks back to back. A batch the user keeps keeps that buffer alive,
+and a buffer is reused only once no view of it is left (the host pool on the CPU, torch's
+caching allocator, with ``record_stream``, on a GPU).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
-from gpuload.backend import Backend
-from gpuload.errors import DataValueError
-from gpuload.formats import RowBlock
+from gpuload.checks import positive_int
+from gpuload.device import Backend, Carver, PinnedRing
+from gpuload.errors import ArgumentError, DataValueError
+from gpuload.fetch import DeviceBlock
 from gpuload.kernels import arithmetic as ops
 from gpuload.plan import LoaderPlan
 
 OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OUTPUTS = ("dense", "sparse_csr")
+# Output bytes per super-batch, by face (see benchmarks/RESULTS.md for how they were chosen).
+SUPER_BATCH_BYTES = {"cpu": 32 << 20, "cudasim": 32 << 20, "cuda": 256 << 20}
+# Columns of a dense row per CUDA thread block (the simulator takes a row per block).
+CUDA_TILE = 256 * 16
+
+
+def check_output(dtype: torch.dtype, output: str, super_batch_bytes: int | None) -> None:
+    """What the assembler can produce: an ArgumentError naming the option otherwise."""
+    if dtype not in OUTPUT_DTYPES:
+        raise ArgumentError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
+    if output not in OUTPUTS:
+        raise ArgumentError(f"output must be one of {OUTPUTS}, got {output!r}")
+    if super_batch_bytes is not None:
+        positive_int("super_batch_bytes", super_batch_bytes)
+
+
+class CategoryStrings:
+    """One categorical obs column of a batch, turned into strings only when read (None for a
+    missing value): ``len``, indexing, iteration, ``tolist()``, ``numpy.asarray``, and equality
+    with a list of the same strings.
+
+    Deliberately not a ``collections.abc.Sequence``: frameworks that rebuild sequences while
+    moving a batch (Lightning's ``apply_to_collection``) leave it alone, as they leave strings.
+    """
+
+    __slots__ = ("codes", "rows", "categories")
+
+    def __init__(self, codes: np.ndarray, rows: np.ndarray, categories: list[str]) -> None:
+        self.codes, self.rows, self.categories = codes, rows, categories
+
+    def __len__(self) -> int:
+        return self.rows.size
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self._string(c) for c in self.codes[self.rows[i]]]
+        return self._string(self.codes[self.rows[i]])
+
+    def _string(self, code) -> str | None:
+        return self.categories[code] if code >= 0 else None
+
+    def __iter__(self) -> Iterator[str | None]:
+        return iter(self[:])
+
+    def tolist(self) -> list[str | None]:
+        return self[:]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.array(self[:], dtype=dtype if dtype is not None else object)
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, CategoryStrings | list | tuple):
+            return self[:] == list(other)
+        return NotImplemented
+
+    __hash__ = None  # compares like a list, so unhashable like one
+
+    def __repr__(self) -> str:
+        return repr(self[:])
+
+
+@dataclass
+class Assembled:
+    """A super-batch's batches, the event after their last device operation, the buffers they
+    view (to give to the consumer's stream), and the error of the first bad row, if any (raised
+    after ``batches``, which are the ones before its batch)."""
+
+    batches: list[dict]
+    fence: object
+    buffers: tuple[torch.Tensor, ...]
+    error: DataValueError | None = None
 
 
 class BatchAssembler:
-    """Assembles batches of one plan on one backend.
+    """Assembles the batches of one plan on one backend.
 
     Parameters
     ----------
@@ -30,86 +113,258 @@ class BatchAssembler:
     backend
         Where the kernels run and the outputs live.
     dtype
-        Output dtype; float16/bfloat16 are cast from the kernel's float32.
+        Output dtype; float16/bfloat16 are cast, once per super-batch, from the kernel's float32.
     output
         ``"dense"`` or ``"sparse_csr"``.
+    super_batch_bytes
+        Output bytes per kernel launch (default: by face, :data:`SUPER_BATCH_BYTES`).
+    obs_matrices
+        Packed obs matrices already on the device (built by cuDF), instead of the plan's.
     """
 
-    def __init__(self, plan: LoaderPlan, backend: Backend, *, dtype: torch.dtype, output: str) -> None:
+    def __init__(
+        self,
+        plan: LoaderPlan,
+        backend: Backend,
+        *,
+        dtype: torch.dtype,
+        output: str,
+        super_batch_bytes: int | None = None,
+        obs_matrices: dict[str, torch.Tensor] | None = None,
+    ) -> None:
         self.plan, self.backend, self.dtype, self.output = plan, backend, dtype, output
-        xp = backend.xp
-        self.layout = plan.layout.to(xp.asarray)
-        self.row_scale = xp.asarray(plan.row_scale)
-        self.obs_values = {k: backend.to_device(v) for k, v in plan.obs.numeric.items()}
-        self.obs_codes = {k: backend.to_device(v) for k, v in plan.obs.codes.items()}
         self.kernel_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        self.budget = super_batch_bytes or SUPER_BATCH_BYTES[backend.name]
+        layout, obs = plan.layout, plan.obs
+        self.names, self.widths = layout.names, np.asarray(layout.widths, dtype=np.int64)
+        self.prefix = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
+        self.width = int(self.widths.sum())
+        self.tile = CUDA_TILE if backend.on_gpu else max(1, self.width)
+        value = torch.empty(0, dtype=self.kernel_dtype).numpy().dtype
+        host = {
+            "col_dest": layout.col_dest,
+            "mod_prefix": self.prefix,
+            "mod_width": self.widths,
+            "mod_code": layout.mod_code,
+            "mod_threshold": layout.mod_threshold.astype(value),
+            "row_scale": plan.row_scale.astype(value),
+            "col_weight": layout.col_weight.astype(value),
+            "obs_f": obs.floats,
+            "obs_i": obs.ints,
+            "obs_u": obs.bools,
+        }
+        with backend.device_context(), backend.on_stream():
+            self.lasting = {
+                k: backend.kernel_view(backend.upload(np.ascontiguousarray(a), k)) for k, a in host.items()
+            }
+        self.meta_ring = PinnedRing(backend) if backend.streams else None
+        kinds = {"float": 0, "int": 1, "bool": 2}
+        index = {"float": obs.float_keys, "int": obs.int_keys, "bool": obs.bool_keys}
+        self.numeric_slots = [(key, kinds[kind], index[kind].index(key)) for key, kind in obs.numeric]
+        self.code_slots = [(key, len(obs.int_keys) + i) for i, key in enumerate(obs.code_keys)]
+        self.host_codes = {key: obs.codes(key) for key in obs.code_keys}
 
-    def assemble(self, block: RowBlock, rows: np.ndarray) -> dict:
-        """One batch: the gather kernel over ``block`` for file ``rows``, plus obs and masks."""
-        b, xp, layout = self.backend, self.backend.xp, self.layout
-        local = xp.asarray(block.local(rows))
-        rows_dev = xp.asarray(rows)
+    # -- grouping ---------------------------------------------------------------------------
+    def super_batches(self, block: DeviceBlock, batches: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
+        """Consecutive ``batches`` in groups whose output fits the byte budget (at least one)."""
+        if self.output == "dense":
+            row_bytes = self.width * torch.empty(0, dtype=self.kernel_dtype).element_size()
+        else:  # a CSR entry is an int64 column and a value
+            per_row = block.counts.sum() / max(1, block.counts.shape[0])
+            row_bytes = max(1.0, per_row) * (8 + torch.empty(0, dtype=self.kernel_dtype).element_size())
+        limit = max(1, int(self.budget // row_bytes))
+        group, rows = [], 0
+        for batch in batches:
+            if group and rows + batch.size > limit:
+                yield group
+                group, rows = [], 0
+            group.append(batch)
+            rows += batch.size
+        if group:
+            yield group
+
+    # -- one super-batch --------------------------------------------------------------------
+    def assemble(self, block: DeviceBlock, batches: list[np.ndarray]) -> Assembled:
+        """The batches of file rows ``batches`` (consecutive, in order) from ``block``."""
+        sizes = np.array([b.size for b in batches], dtype=np.int64)
+        rows = np.concatenate(batches)
         n = rows.size
-        with b.torch_stream():
-            present = torch.zeros((n, len(layout.names)), dtype=torch.int8, device=b.torch_device)
-        if self.output == "sparse_csr":
-            batch = self._sparse_matrices(block, local, present, n, rows, rows_dev)
+        batch_of = np.repeat(np.arange(sizes.size), sizes)
+        first = np.cumsum(sizes) - sizes
+        b = self.backend
+        with b.on_stream():
+            if self.output == "dense":
+                meta, slot, buffers, tail = self._dense(block, rows, sizes, batch_of, first)
+            else:
+                meta, slot, buffers, tail = self._sparse(block, rows, sizes, batch_of, first)
+            fence = b.fence("super-batch")
+            if slot is not None:
+                self.meta_ring.release(slot, fence)
+            status = b.to_host(buffers["status"], "status")  # the one wait per super-batch
+        kept, error = len(batches), None
+        bad = np.flatnonzero(status)
+        if bad.size:
+            kept, error = int(batch_of[bad[0]]), self._error(int(status[bad[0]]), int(rows[bad[0]]))
+        split = sizes.tolist()
+        index = meta[n : 2 * n].split(split)
+        masks = [m.split(split) for m in buffers["present"].view(torch.bool)]
+        obs = [
+            buffers["obs_f"].split(split, 1),
+            buffers["obs_i"].split(split, 1),
+            buffers["obs_u"].split(split, 1),
+        ]
+        out = []
+        for k in range(kept):
+            batch = tail(k)
+            batch["mask"] = {name: masks[m][k] for m, name in enumerate(self.names)}
+            batch["index"] = index[k]
+            batch["obs"], batch["obs_codes"] = self._obs(k, obs, batches[k])
+            out.append(batch)
+        handed = (meta, *(t for key, t in buffers.items() if key != "status"))
+        return Assembled(out, fence, handed, error)
+
+    def _meta(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, int | None]:
+        """The super-batch's int64 host arrays uploaded as one (from the page-locked ring on the
+        stream faces): one copy per super-batch."""
+        n = sum(p.size for p in parts)
+        slot = None
+        if self.meta_ring is None:
+            host = np.empty(n, dtype=np.int64)
         else:
-            out = b.empty_output(n * sum(layout.widths), self.kernel_dtype)
-            status = b.gather(block, local, layout.for_batch(xp, n), self.row_scale[rows_dev], out, present)
-            self._check(status, rows)
-            batch = {}
-            start = 0
-            for name, width in zip(layout.names, layout.widths, strict=True):
-                view = out[start : start + n * width].view(n, width)
-                batch[name] = view if self.kernel_dtype == self.dtype else view.to(self.dtype)
-                start += n * width
-        batch["mask"] = {name: present[:, i].bool() for i, name in enumerate(layout.names)}
-        batch["index"] = b.to_torch(rows_dev)
-        batch["obs"], batch["obs_codes"] = self.gather_obs(rows, rows_dev)
-        b.synchronize()
-        return batch
+            slot, buffer = self.meta_ring.take(Carver.size_of([(n, np.int64)]))
+            host = Carver(buffer)(n, np.int64)
+        np.concatenate([p.ravel() for p in parts], out=host)
+        return self.backend.upload(host, "super-batch rows"), slot
 
-    def _sparse_matrices(self, block, local, present, n, rows, rows_dev) -> dict:
-        """``output="sparse_csr"``: one ``torch.sparse_csr_tensor`` per modality."""
-        b, layout = self.backend, self.layout
-        value_dtype = torch.empty(0, dtype=self.kernel_dtype).numpy().dtype
-        offsets, indices, values, status = b.gather_sparse(
-            block, local, layout, self.row_scale[rows_dev], present, value_dtype
+    def _scratch(self, n: int) -> dict[str, torch.Tensor]:
+        obs, b = self.plan.obs, self.backend
+        return {
+            "present": b.empty((len(self.names), n), torch.uint8, "present"),
+            "status": b.empty(n, torch.int32, "status"),
+            "obs_f": b.empty((obs.floats.shape[0], n), torch.float32, "obs"),
+            "obs_i": b.empty((obs.ints.shape[0], n), torch.int64, "obs"),
+            "obs_u": b.empty((obs.bools.shape[0], n), torch.uint8, "obs"),
+        }
+
+    def _common_args(self, block: DeviceBlock, meta: torch.Tensor, n: int) -> tuple:
+        v = self.backend.kernel_view
+        return block.indptr, block.indices, block.data, v(meta[:n]), v(meta[n : 2 * n])
+
+    def _obs_args(self, buffers: dict) -> tuple:
+        v, lasting = self.backend.kernel_view, self.lasting
+        return (
+            v(buffers["present"]),
+            v(buffers["status"]),
+            lasting["obs_f"],
+            v(buffers["obs_f"]),
+            lasting["obs_i"],
+            v(buffers["obs_i"]),
+            lasting["obs_u"],
+            v(buffers["obs_u"]),
         )
-        self._check(status, rows)
-        batch = {}
-        for m, (name, width) in enumerate(zip(layout.names, layout.widths, strict=True)):
-            crow = offsets[m * n : (m + 1) * n + 1]
-            lo, hi = int(crow[0]), int(crow[-1])
-            matrix = torch.sparse_csr_tensor(
-                b.to_torch(crow - lo), b.to_torch(indices[lo:hi]), b.to_torch(values[lo:hi]), size=(n, width)
-            )
-            batch[name] = matrix if self.kernel_dtype == self.dtype else matrix.to(self.dtype)
-        return batch
 
-    def gather_obs(self, rows: np.ndarray, rows_dev) -> tuple[dict, dict]:
-        """obs of ``rows``: numeric columns as tensors, categoricals as strings and codes."""
-        to_torch = self.backend.to_torch
-        obs = {k: to_torch(v[rows_dev]) for k, v in self.obs_values.items()}
-        codes = {k: to_torch(v[rows_dev]) for k, v in self.obs_codes.items()}
-        for k, host_codes in self.plan.obs.codes.items():
-            cats = self.plan.obs.categories[k]
-            obs[k] = [cats[c] if c >= 0 else None for c in host_codes[rows]]
-        return obs, codes
+    def _dense(self, block, rows, sizes, batch_of, first):
+        n, widths, b, v, p = rows.size, self.widths, self.backend, self.backend.kernel_view, self.lasting
+        starts = np.concatenate([[0], np.cumsum(sizes * self.width)[:-1]])
+        within = np.arange(n) - first[batch_of]
+        row_out = starts[batch_of, None] + sizes[batch_of, None] * self.prefix + within[:, None] * widths
+        meta, slot = self._meta([block.local(rows), rows, row_out])
+        out = b.output(n * self.width, self.kernel_dtype)
+        buffers = self._scratch(n)
+        args = (
+            *self._common_args(block, meta, n),
+            *(p[k] for k in ("col_dest", "mod_prefix", "mod_width", "mod_code", "mod_threshold")),
+            p["row_scale"],
+            p["col_weight"],
+            v(meta[2 * n :].view(n, widths.size)),
+            v(out),
+            *self._obs_args(buffers),
+            self.tile,
+        )
+        b.launch("gather_rows", n, self.width, args)
+        if self.kernel_dtype != self.dtype:
+            out = b.cast(out, self.dtype, "output dtype")
+        pieces = out.split((sizes[:, None] * widths).ravel().tolist())
+        buffers["out"] = out
 
-    def _check(self, status, rows: np.ndarray) -> None:
-        """Raise what the kernel reported (``status`` = (error code, batch row)), naming the row."""
-        code = int(status[0])
-        if code == ops.OK:
-            return
-        where = f"{self.plan.where} row {int(rows[int(status[1])])}"
+        def tail(k: int) -> dict:
+            rows_k = int(sizes[k])
+            return {
+                name: pieces[k * widths.size + m].view(rows_k, int(widths[m]))
+                for m, name in enumerate(self.names)
+            }
+
+        return meta, slot, buffers, tail
+
+    def _sparse(self, block, rows, sizes, batch_of, first):
+        n, widths, b, v, p = rows.size, self.widths, self.backend, self.backend.kernel_view, self.lasting
+        local = block.local(rows)
+        counts = block.counts[local]  # [n, modalities]
+        seg = np.zeros((sizes.size, widths.size), dtype=np.int64)  # entries per (batch, modality)
+        np.add.at(seg, batch_of, counts)
+        seg_start = (np.cumsum(seg.ravel()) - seg.ravel()).reshape(seg.shape)
+        running = np.cumsum(counts, axis=0) - counts  # entries before each row, per modality
+        within = running - running[first[batch_of]]
+        cursor = seg_start[batch_of] + within
+        crows = [
+            np.concatenate([[0], np.cumsum(counts[first[k] : first[k] + sizes[k], m])])
+            for k in range(sizes.size)
+            for m in range(widths.size)
+        ]
+        meta, slot = self._meta([local, rows, cursor, *crows])
+        total = int(counts.sum())
+        indices = b.empty(total, torch.int64, "sparse indices")
+        values = b.empty(total, self.kernel_dtype, "sparse values")
+        buffers = self._scratch(n)
+        args = (
+            *self._common_args(block, meta, n),
+            *(p[k] for k in ("col_dest", "mod_code", "mod_threshold", "row_scale", "col_weight")),
+            v(meta[2 * n : 2 * n + cursor.size].view(n, widths.size)),
+            v(indices),
+            v(values),
+            *self._obs_args(buffers),
+        )
+        b.launch("fill_rows", n, self.width, args)
+        if self.kernel_dtype != self.dtype:
+            values = b.cast(values, self.dtype, "output dtype")
+        buffers["indices"], buffers["values"] = indices, values
+        crow_start = 2 * n + cursor.size + np.cumsum([0, *(c.size for c in crows)])
+
+        def tail(k: int) -> dict:
+            batch = {}
+            for m, name in enumerate(self.names):
+                s, e = int(seg_start[k, m]), int(seg_start[k, m] + seg[k, m])
+                i = k * widths.size + m
+                batch[name] = torch.sparse_csr_tensor(
+                    meta[crow_start[i] : crow_start[i + 1]],
+                    indices[s:e],
+                    values[s:e],
+                    size=(int(sizes[k]), int(widths[m])),
+                    check_invariants=False,
+                )
+            return batch
+
+        return meta, slot, buffers, tail
+
+    def _obs(self, k: int, obs: list, rows: np.ndarray) -> tuple[dict, dict]:
+        """Batch ``k``'s obs: numeric columns as views of the gathered matrices, categoricals as
+        lazy strings (from the host codes, no device read) and as code views."""
+        columns = [obs[0][k].unbind(0), obs[1][k].unbind(0), obs[2][k].view(torch.bool).unbind(0)]
+        values = {key: columns[kind][i] for key, kind, i in self.numeric_slots}
+        cats = self.plan.obs.categories
+        for key in self.host_codes:
+            values[key] = CategoryStrings(self.host_codes[key], rows, cats[key])
+        return values, {key: columns[1][i] for key, i in self.code_slots}
+
+    def _error(self, code: int, row: int) -> DataValueError:
+        """What the kernel reported for file ``row``, as an error naming it."""
+        where = f"{self.plan.where} row {row}"
         if code == ops.NOT_FINITE:
-            raise DataValueError(f"{where}: a stored value is NaN or infinite")
+            return DataValueError(f"{where}: a stored value is NaN or infinite")
         if code == ops.NEGATIVE_UNDER_LOG:
-            raise DataValueError(
+            return DataValueError(
                 f"{where}: a negative value cannot go through a log1p transform {self.plan.transforms}"
             )
-        raise DataValueError(
+        return DataValueError(
             f"{where}: a column index lies outside [0, {self.plan.n_vars}); the file is corrupt"
         )

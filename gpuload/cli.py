@@ -90,7 +90,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from gpuload.backend import get_backend
+    from gpuload.device import get_backend
     from gpuload.formats import open_multiome
     from gpuload.reference.bench import format_table, run_bench
 

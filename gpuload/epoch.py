@@ -1,9 +1,11 @@
 """One epoch's background work: a reader thread and an assembler thread, one group apart.
 
 The reader reads group k+1 from the file (and copies it to the device) while the assembler runs
-the kernels on group k: double buffering. Both hand their items over through bounded queues, so
-memory is O(window + prefetch); an exception in either thread reaches the consumer; however the
-consumer leaves (end, break, exception, garbage collection), both threads stop.
+the kernels on group k's super-batches: double buffering. Both hand their items over through
+bounded queues, so memory is O(window + prefetch); an exception in either thread reaches the
+consumer, after the batches assembled before it; however the consumer leaves (end, break,
+exception, garbage collection), both threads stop. Each batch is handed to the consumer's stream
+in the consumer's thread (:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
 """
 
 from __future__ import annotations
@@ -58,23 +60,29 @@ class EpochRun:
         self.stopped.set()
 
     def __iter__(self) -> Iterator[dict]:
-        backend = self.assembler.backend
+        backend, assembler = self.assembler.backend, self.assembler
 
         def read_groups() -> Iterator:
             with backend.device_context():
                 yield from self.fetcher.blocks(self.requests)
 
-        def assemble_batches(groups: Background) -> Iterator[dict]:
+        def assemble_batches(groups: Background) -> Iterator[tuple]:
             numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
             with backend.device_context():
                 for block, request in groups:
-                    for rows in request.batches:
-                        yield self.assembler.assemble(block, rows)
+                    for batches in assembler.super_batches(block, request.batches):
+                        assembled = assembler.assemble(block, batches)
+                        for batch in assembled.batches:
+                            yield batch, assembled.fence, assembled.buffers
+                        if assembled.error is not None:
+                            raise assembled.error
 
         groups = Background(read_groups(), 1, "gpuload-reader", self.stopped)
         ready = Background(assemble_batches(groups), self.prefetch, "gpuload-assembler", self.stopped)
         try:
-            yield from ready
+            for batch, fence, buffers in ready:
+                backend.hand_off(fence, buffers)
+                yield batch
         finally:
             self.stopped.set()
             for stage in (ready, groups):

@@ -1,86 +1,190 @@
 """How a load request's rows get to the device: read from the store, copied by the backend.
 
-With ``preload``, the whole selection is read once, kept on the device and every request is
-served from it; if that does not fit (an allocation fails), the fetcher warns once and streams.
+On the stream faces a request is read into the next page-locked buffer of a bounded ring
+(:class:`~gpuload.device.PinnedRing`) and copied to the device on the loader's stream; the buffer
+is reused once that copy has passed. With ``preload``, the whole selection is read once, piece
+by piece through the same ring, into one device block that serves every request after. Whether
+a preload is wanted (``"auto"``), and whether it fits, is decided when it happens: any allocation
+failure, page-locked or device, ends it with one warning and the loader streams instead.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from gpuload.backend import Backend
+from gpuload.device import Backend, Carver, PinnedRing
 from gpuload.errors import ArgumentError
 from gpuload.formats import MultiomeStore, RowBlock
+from gpuload.kernels.cpu import count_modalities
+from gpuload.plan import Layout
 from gpuload.sampler import LoadRequest
+
+PRELOAD_MODES = (True, False, "auto")
+# "auto" preloads when the selection and the outputs in flight take at most this much of the
+# device memory that is free (counting what torch's allocator caches but does not use).
+PRELOAD_SHARE = 0.8
+# A preload reads the selection in pieces of about this many cells through the ring.
+PRELOAD_PIECE = 4096
+
+
+@dataclass(frozen=True)
+class DeviceBlock:
+    """A block of rows where the kernels read them.
+
+    ``rows`` (sorted file rows) stay on the host; ``indptr``, ``indices`` and ``data`` are the
+    kernels' views of device memory; ``counts`` (host, ``[rows, modalities]``) are the stored
+    values per modality, which the sparse output needs before its kernel runs.
+    """
+
+    rows: np.ndarray
+    indptr: object
+    indices: object
+    data: object
+    counts: np.ndarray | None
+
+    def local(self, rows: np.ndarray) -> np.ndarray:
+        """Positions of file ``rows`` inside this block."""
+        return np.searchsorted(self.rows, rows).astype(np.int64)
 
 
 class BlockFetcher:
-    """Reads :class:`~gpuload.sampler.LoadRequest` rows into device row blocks.
+    """Reads :class:`~gpuload.sampler.LoadRequest` rows into :class:`DeviceBlock` s.
 
     Parameters
     ----------
     store
         Where the rows are read from.
     backend
-        Where the blocks go (pinned host buffers and an async copy on the GPU).
+        Where the blocks go.
     positions
         The selected file rows (what a preload reads).
     preload
-        Keep the whole selection on the device, read once at the first request.
+        ``True``, ``False`` or ``"auto"`` (on a GPU, when the selection fits; see the module).
+    counts_for
+        When given (the plan's layout), stored values per row are counted per modality, for the
+        sparse output.
+    reserve
+        Device bytes a preload must leave free (the outputs in flight).
     """
 
-    def __init__(self, store: MultiomeStore, backend: Backend, positions: np.ndarray, preload: bool) -> None:
+    def __init__(
+        self,
+        store: MultiomeStore,
+        backend: Backend,
+        positions: np.ndarray,
+        preload: bool | str,
+        *,
+        counts_for: Layout | None = None,
+        reserve: int = 0,
+    ) -> None:
+        if preload not in PRELOAD_MODES:
+            raise ArgumentError(f"preload must be True, False or 'auto', got {preload!r}")
         self.store, self.backend, self.positions = store, backend, positions
         self.preload = preload
-        self.preloaded: RowBlock | None = None
+        self.counts_for, self.reserve = counts_for, reserve
+        self.ring = PinnedRing(backend) if backend.streams else None
+        self.preloaded: DeviceBlock | None = None
 
-    def blocks(self, requests: Iterable[LoadRequest]) -> Iterator[tuple[RowBlock, LoadRequest]]:
-        """(device block holding the request's rows, the request), in order."""
+    def blocks(self, requests: Iterable[LoadRequest]) -> Iterator[tuple[DeviceBlock, LoadRequest]]:
+        """(device block holding the request's rows, the request), in order. Call it in a thread
+        where the backend's device is current."""
         if self.preload and self.preloaded is None:
-            try:
-                self.preloaded = self.to_device(
-                    self.store.read_block(self.positions, self.backend.host_empty)
-                )
-            except MemoryError as e:  # cupy's OutOfMemoryError is a MemoryError
-                warnings.warn(
-                    f"gpuload: preloading {self.positions.size} cells failed ({e}); streaming instead",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-                self.preload = False
+            self.preloaded = self._try_preload()
         for request in requests:
-            if self.preload:
-                yield self.preloaded, request
-            else:
-                yield self.to_device(self.store.read_block(request.rows, self.backend.host_empty)), request
+            yield (self.preloaded if self.preload else self.read(request.rows)), request
 
-    def to_device(self, block: RowBlock) -> RowBlock:
-        """``block`` copied to the backend's device (the same arrays on the CPU faces)."""
+    # -- streaming ----------------------------------------------------------------------------
+    def read(self, rows: np.ndarray) -> DeviceBlock:
+        """The sorted unique file ``rows`` as a device block."""
+        with self.backend.on_stream():
+            size = self._read_size(rows)
+            if size == 0:
+                return self._upload(self.store.read_block(rows), "block")
+            slot, buffer = self.ring.take(size)
+            block = self._upload(self.store.read_block(rows, Carver(buffer)), "block")
+            self.ring.release(slot, self.backend.fence("block copied"))
+            return block
+
+    def _read_size(self, rows: np.ndarray) -> int:
+        """Page-locked bytes a read of ``rows`` takes; 0 where it takes none: on the CPU, for a
+        dense file (its reader allocates) and for float16 values (widened after the read)."""
+        nnz = self.store.stored_values(rows)
+        enc = self.store.encoding
+        if self.ring is None or nnz is None or enc.dtype.itemsize < 4:
+            return 0
+        return Carver.size_of([(nnz, enc.index_dtype), (nnz, enc.dtype)])
+
+    def _upload(self, host: RowBlock, name: str) -> DeviceBlock:
         b = self.backend
-        moved = RowBlock(
-            block.rows, b.to_device(block.indptr), b.to_device(block.indices), b.to_device(block.data)
-        )
-        b.synchronize()  # the pinned host buffers may be reused once this returns
-        return moved
+        arrays = [
+            b.kernel_view(b.upload(a, f"{name} {part}"))
+            for part, a in zip(
+                ("indptr", "indices", "data"), (host.indptr, host.indices, host.data), strict=True
+            )
+        ]
+        return DeviceBlock(host.rows, *arrays, self._counts(host))
 
+    def _counts(self, host: RowBlock) -> np.ndarray | None:
+        if self.counts_for is None:
+            return None
+        layout = self.counts_for
+        return count_modalities(host.indptr, host.indices, layout.col_dest, len(layout.names))
 
-def resolve_preload(
-    preload: bool | str, store: MultiomeStore, backend: Backend, positions: np.ndarray
-) -> bool:
-    """``preload`` as a yes or no: ``"auto"`` preloads on a GPU when the selection's CSR fits
-    in 60% of the free device memory."""
-    if preload not in (True, False, "auto"):
-        raise ArgumentError(f"preload must be True, False or 'auto', got {preload!r}")
-    if preload != "auto":
-        return bool(preload)
-    if not backend.on_gpu:
-        return False
-    nnz = store.stored_values(positions)
-    if nnz is None:
-        return False
-    enc = store.encoding
-    need = nnz * (enc.dtype.itemsize + enc.index_dtype.itemsize) + 8 * (positions.size + 1)
-    return need < 0.6 * backend.free_memory()
+    # -- preload ------------------------------------------------------------------------------
+    def _try_preload(self) -> DeviceBlock | None:
+        """The whole selection on the device, or None (and streaming) when it does not fit."""
+        b = self.backend
+        if self.preload == "auto":
+            self.preload = b.on_gpu and self._fits()
+            if not self.preload:
+                return None
+        try:
+            with b.on_stream():
+                return self._preload()
+        except b.allocation_errors as e:
+            warnings.warn(
+                f"gpuload: preloading {self.positions.size} cells failed ({e}); streaming instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            self.preload = False
+            return None
+
+    def _fits(self) -> bool:
+        nnz = self.store.stored_values(self.positions)
+        if nnz is None:
+            return False
+        enc = self.store.encoding
+        need = nnz * (enc.dtype.itemsize + enc.index_dtype.itemsize) + 8 * (self.positions.size + 1)
+        return need + self.reserve < PRELOAD_SHARE * self.backend.free_memory()
+
+    def _preload(self) -> DeviceBlock:
+        """Read the selection in pieces through the ring into one device block."""
+        b, rows = self.backend, self.positions
+        if self._read_size(rows) == 0:  # one read where no page-locked buffer is used
+            return self._upload(self.store.read_block(rows), "preload")
+        nnz = self.store.stored_values(rows)
+        enc = self.store.encoding
+        indices = b.empty(nnz, torch.from_numpy(np.empty(0, enc.index_dtype)).dtype, "preload indices")
+        data = b.empty(nnz, torch.from_numpy(np.empty(0, enc.dtype)).dtype, "preload data")
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        counts = []
+        for start in range(0, rows.size, PRELOAD_PIECE):
+            piece = rows[start : start + PRELOAD_PIECE]
+            slot, buffer = self.ring.take(self._read_size(piece))
+            host = self.store.read_block(piece, Carver(buffer))
+            lo = int(indptr[start])
+            indptr[start + 1 : start + piece.size + 1] = lo + host.indptr[1:]
+            hi = int(indptr[start + piece.size])
+            b.upload_into(indices[lo:hi], host.indices, "preload indices")
+            b.upload_into(data[lo:hi], host.data, "preload data")
+            self.ring.release(slot, b.fence("preload piece copied"))
+            counts.append(self._counts(host))
+        block_counts = None if self.counts_for is None else np.concatenate(counts)
+        device_indptr = b.kernel_view(b.upload(indptr, "preload indptr"))
+        return DeviceBlock(rows, device_indptr, b.kernel_view(indices), b.kernel_view(data), block_counts)

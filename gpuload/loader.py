@@ -25,12 +25,12 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from gpuload.assembly import OUTPUT_DTYPES, OUTPUTS, BatchAssembler
-from gpuload.backend import get_backend
+from gpuload.assembly import BatchAssembler, check_output
 from gpuload.checks import non_negative_int, positive_int
+from gpuload.device import ObsFrames, get_backend
 from gpuload.epoch import EpochRun
 from gpuload.errors import ArgumentError
-from gpuload.fetch import BlockFetcher, resolve_preload
+from gpuload.fetch import BlockFetcher
 from gpuload.formats import MultiomeStore, open_multiome
 from gpuload.plan import build_plan
 from gpuload.sampler import EpochSampler, distributed_share, load_requests
@@ -98,6 +98,10 @@ class MultiomeLoader:
     output
         ``"dense"`` (``[B, width]`` tensors) or ``"sparse_csr"`` (``torch.sparse_csr_tensor`` per
         modality, the transformed stored values only, for models that take sparse input).
+    super_batch_bytes
+        Output bytes assembled per kernel launch (several batches at once; default by face,
+        see :data:`gpuload.assembly.SUPER_BATCH_BYTES`). A batch the user keeps keeps its
+        super-batch's buffer alive.
     num_workers, pin_memory
         Accepted for drop-in compatibility with DataLoader and ignored: gpuload's reader
         thread replaces worker processes, and outputs are written on the target device.
@@ -128,6 +132,7 @@ class MultiomeLoader:
         world_size: int | None = None,
         dtype: torch.dtype = torch.float32,
         output: str = "dense",
+        super_batch_bytes: int | None = None,
         cache_dir: str | os.PathLike | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
@@ -140,19 +145,19 @@ class MultiomeLoader:
         self.num_threads = positive_int("num_threads", num_threads)
         self.drop_last = bool(drop_last)
         seed = non_negative_int("seed", seed)
-        if dtype not in OUTPUT_DTYPES:
-            raise ArgumentError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
+        check_output(dtype, output, super_batch_bytes)
         if pipeline not in ("native", "dali"):
             raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
-        if output not in OUTPUTS or (output == "sparse_csr" and pipeline == "dali"):
-            raise ArgumentError(
-                f"output must be one of {OUTPUTS} (sparse_csr with pipeline='native'), got {output!r}"
-            )
+        if pipeline == "dali":
+            from gpuload.integrations.dali import check_batches
+
+            check_batches(dtype, output)
         self.dtype, self.pipeline, self.output = dtype, pipeline, output
         owns_store = not isinstance(data, MultiomeStore)
         self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
         try:
             self.backend = get_backend(device)
+            frames = ObsFrames(self.backend)
             self.plan = build_plan(
                 self.store,
                 modalities=modalities,
@@ -160,15 +165,29 @@ class MultiomeLoader:
                 obs_keys=obs_keys,
                 subset=subset,
                 split=split,
+                query=frames.query,
             )
             rank, world_size = distributed_share(rank, world_size)
             self.epoch_sampler = EpochSampler(
                 self.positions.size, shuffle, chunk_size, window, seed, rank, world_size, self.drop_last
             )
-            self.obs_frame = self.backend.frame(self.store.obs[list(self.plan.obs_keys)])
-            self.assembler = BatchAssembler(self.plan, self.backend, dtype=dtype, output=output)
-            preload = resolve_preload(preload, self.store, self.backend, self.positions)
-            self.fetcher = BlockFetcher(self.store, self.backend, self.positions, preload)
+            self.obs_frame = frames.frame(self.store.obs[list(self.plan.obs_keys)])
+            self.assembler = BatchAssembler(
+                self.plan,
+                self.backend,
+                dtype=dtype,
+                output=output,
+                super_batch_bytes=super_batch_bytes,
+                obs_matrices=frames.matrices(self.plan.obs, self.obs_frame),
+            )
+            self.fetcher = BlockFetcher(
+                self.store,
+                self.backend,
+                self.positions,
+                preload,
+                counts_for=self.plan.layout if output == "sparse_csr" else None,
+                reserve=self.assembler.budget * (prefetch + 2),
+            )
         except BaseException:
             if owns_store:  # a loader that failed to build holds no handle on the file
                 self.store.close()

@@ -11,8 +11,8 @@ import anndata as ad
 import numpy as np
 import pytest
 
-from gpuload.backend import simulator_enabled
 from gpuload.bmmc.synth import write_synthetic
+from gpuload.device import simulator_enabled
 
 REAL_GEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "bmmc_multiome_starter_gex.h5ad"
 SMALL = {"n_cells": 600, "n_genes": 120, "n_peaks": 900}
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config, items):
         reason="needs NUMBA_ENABLE_CUDASIM=1 before numba is imported (make test sets it)"
     )
     skip_gpu = pytest.mark.skip(reason="needs a real NVIDIA GPU")
-    from gpuload.backend import gpu_available
+    from gpuload.device import gpu_available
 
     for item in items:
         if "cudasim" in item.keywords and not simulator_enabled():

@@ -4,20 +4,25 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
+import torch
 import torch.distributed as dist
 
 from gpuload import MultiomeLoader
 
 
 def main(path: str, out: str, drop_last: str) -> None:
-    dist.init_process_group("gloo")
+    device = os.environ.get("GPULOAD_TEST_DEVICE", "cpu")  # tests/test_gpu.py: cuda with NCCL
+    if device == "cuda":
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # what a torchrun script does
+    dist.init_process_group(os.environ.get("GPULOAD_TEST_BACKEND", "gloo"))
     kwargs = dict(
         batch_size=32,
         shuffle=True,
         seed=4,
-        device="cpu",
+        device=device,
         drop_last=drop_last == "1",
         obs_keys=["cell_type"],
         chunk_size=16,
@@ -25,6 +30,7 @@ def main(path: str, out: str, drop_last: str) -> None:
     )
     loader = MultiomeLoader(path, **kwargs)
     epoch = [b["index"].tolist() for b in loader]
+    where = str(loader.backend.torch_device)
     # Resume: two batches of epoch 1, then a fresh loader continues from the state.
     first = MultiomeLoader(path, **kwargs)
     first.set_epoch(1)
@@ -41,6 +47,7 @@ def main(path: str, out: str, drop_last: str) -> None:
         "len": len(loader),
         "epoch": epoch,
         "resumed_ok": head + tail == uninterrupted,
+        "device": where,
     }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)

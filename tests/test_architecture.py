@@ -24,16 +24,16 @@ LAYERS = {
     "sampler": 2,
     "bmmc.synth": 2,
     "plan": 3,
-    "backend": 3,
-    "fetch": 4,
-    "assembly": 4,
-    "epoch": 5,
-    "loader": 6,
-    "integrations": 7,
-    "reference": 7,
-    "cli": 8,
-    "__init__": 9,
-    "__main__": 10,
+    "device": 4,
+    "fetch": 5,
+    "assembly": 6,
+    "epoch": 7,
+    "loader": 8,
+    "integrations": 9,
+    "reference": 9,
+    "cli": 10,
+    "__init__": 11,
+    "__main__": 12,
 }
 # The one arrow against the flow: ``pipeline="dali"`` imports its integration when chosen.
 ALLOWED_UPWARD = {("loader", "integrations.dali")}
@@ -142,3 +142,25 @@ def test_loader_class_is_thin():
     docstring = ast.get_docstring(cls) or ""
     lines = cls.end_lineno - cls.lineno + 1 - len(docstring.splitlines())
     assert lines <= 200, f"MultiomeLoader has {lines} lines of code (docstring excluded)"
+
+
+# Device work outside gpuload/device: what would escape the backend's ledger and stream.
+DEVICE_CALLS = re.compile(
+    r"torch\.cuda\.|\bcupy\b|\bnumba\.cuda\b|from numba import cuda|\.record_stream\(|\.copy_\(|\.cuda\(|"
+    r"\.to\(|device=|torch\.(zeros|ones|full|cat|stack|empty_like|zeros_like)\("
+)
+
+
+def test_device_work_goes_through_the_backend():
+    """Only gpuload/device (and the kernels) touch device memory, streams and the GPU libraries:
+    everything else asks the backend, so the ledger sees every operation."""
+    allowed = {"device", "kernels", "reference", "integrations", "cli"}
+    hits = []
+    for module, path in _modules().items():
+        if _unit(module).split(".")[0] in allowed:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#")[0]
+            if DEVICE_CALLS.search(code) and not code.strip().startswith(('"', "'")):
+                hits.append(f"gpuload/{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert not hits, "\n".join(hits)

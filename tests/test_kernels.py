@@ -14,6 +14,7 @@ import textwrap
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 import torch
@@ -21,45 +22,61 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gpuload import MultiomeLoader
-from gpuload.backend import get_backend
+from gpuload.assembly import BatchAssembler
+from gpuload.device import get_backend
 from gpuload.errors import DataValueError
-from gpuload.formats import RowBlock
+from gpuload.fetch import DeviceBlock
+from gpuload.formats import Modality
 from gpuload.kernels import arithmetic as ops
-from gpuload.plan import Layout
+from gpuload.plan import Layout, LoaderPlan
+from gpuload.plan.layout import column_destinations
+from gpuload.plan.obs import ObsColumns
 
 FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 
 
-def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold=0.0):
-    """Run one face's kernel on a CSR matrix; ``groups`` lists each modality's columns."""
+def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold=0.0, tile=None):
+    """Run one face's kernel on a CSR matrix through the assembler; ``groups`` lists each
+    modality's columns. Returns (each modality's dense block, present [rows, modalities], the
+    error the assembler reports or None)."""
     backend = get_backend(face)
-    n_vars = csr.shape[1]
-    col_mod = np.full(n_vars, -1, np.int64)
-    col_out = np.zeros(n_vars, np.int64)
-    for m, cols in enumerate(groups):
-        col_mod[cols] = m
-        col_out[cols] = np.arange(len(cols))
+    n_cells, n_vars = csr.shape
     widths = tuple(len(c) for c in groups)
     layout = Layout(
         names=tuple(f"m{i}" for i in range(len(groups))),
         widths=widths,
-        col_mod=col_mod,
-        col_out=col_out,
-        mod_width=np.array(widths, np.int64),
+        col_dest=column_destinations(n_vars, [np.asarray(c, np.int64) for c in groups]),
         mod_code=np.array(codes, np.int64),
         mod_threshold=np.full(len(groups), threshold),
         col_weight=np.ones(n_vars, np.float32) if col_weight is None else col_weight.astype(np.float32),
-    ).for_batch(np, len(rows))
-    block = RowBlock(np.arange(csr.shape[0]), csr.indptr.astype(np.int64), csr.indices, csr.data)
-    out = torch.full((len(rows) * sum(widths),), -7.0)  # garbage: the kernel must zero it
-    present = torch.zeros((len(rows), len(groups)), dtype=torch.int8)
-    scale = np.ascontiguousarray(row_scale[rows], dtype=np.float32)
-    status = backend.gather(block, np.asarray(rows, np.int64), layout, scale, out, present)
-    parts, start = [], 0
-    for w in widths:
-        parts.append(out[start : start + len(rows) * w].view(len(rows), w).numpy().copy())
-        start += len(rows) * w
-    return parts, present.numpy().astype(bool), status
+    )
+    plan = LoaderPlan(
+        where="test.h5ad:X",
+        n_vars=n_vars,
+        modalities=tuple(
+            Modality(n, np.asarray(c, np.int64)) for n, c in zip(layout.names, groups, strict=True)
+        ),
+        positions=np.arange(n_cells),
+        transforms={},
+        layout=layout,
+        row_scale=np.ascontiguousarray(np.broadcast_to(row_scale, (n_cells, len(groups))), dtype=np.float32),
+        obs_keys=(),
+        obs=ObsColumns.from_frame(pd.DataFrame(index=np.arange(n_cells).astype(str)), []),
+    )
+    assembler = BatchAssembler(plan, backend, dtype=torch.float32, output="dense")
+    if tile is not None:
+        assembler.tile = tile
+    arrays = (csr.indptr.astype(np.int64), csr.indices, csr.data)
+    block = DeviceBlock(
+        np.arange(n_cells), *(backend.kernel_view(backend.upload(a, "test")) for a in arrays), None
+    )
+    assembled = assembler.assemble(block, [np.asarray(rows, np.int64)])
+    if assembled.error is not None:
+        return None, None, assembled.error
+    (batch,) = assembled.batches
+    parts = [batch[name].numpy().copy() for name in layout.names]
+    present = np.stack([batch["mask"][name].numpy() for name in layout.names], 1)
+    return parts, present, None
 
 
 def random_csr(rng, n_rows, n_cols, density, dtype=np.float32, index_dtype=np.int32):
@@ -83,7 +100,7 @@ def test_gather_identity_matches_scipy(face, rng):
     np.testing.assert_array_equal(a, dense[:, :12])
     np.testing.assert_array_equal(b, dense[:, 12:])
     np.testing.assert_array_equal(present, np.stack([(a != 0).any(1), (b != 0).any(1)], 1))
-    assert status[0] == ops.OK
+    assert status is None
 
 
 @pytest.mark.parametrize("face", FACES)
@@ -146,7 +163,7 @@ def test_cpu_twin_properties(case, code):
     groups = [np.arange(split), np.arange(split, csr.shape[1])]
     parts, present, status = gather("cpu", csr, rows, groups, [code, code], scale)
     dense = csr[rows].toarray()
-    assert status[0] == ops.OK
+    assert status is None
     for m, (part, cols) in enumerate(zip(parts, groups, strict=True)):
         x = dense[:, cols]
         s = scale[rows, m][:, None]
@@ -181,8 +198,9 @@ def test_cuda_simulator_equals_cpu_twin(case):
 def test_bad_values_are_reported_not_silent(face, bad, code):
     csr = sp.csr_matrix(np.array([[1.0, 0, 2], [0, 3.0, 0]], np.float32))
     csr.data[2] = bad  # row 1's only value
-    _, _, status = gather(face, csr, np.array([0, 1]), [np.arange(3)], [ops.SCALE_LOG1P], np.ones((2, 1)))
-    assert (status[0], status[1]) == (code, 1)
+    _, _, error = gather(face, csr, np.array([0, 1]), [np.arange(3)], [ops.SCALE_LOG1P], np.ones((2, 1)))
+    assert isinstance(error, DataValueError) and "row 1:" in str(error)
+    assert ("NaN or infinite" if code == ops.NOT_FINITE else "negative value") in str(error)
 
 
 # -- transforms end to end, against scanpy and muon ------------------------------------------
@@ -273,25 +291,30 @@ def test_bad_size_factors_raise(tmp_path, small_adata, bad):
 
 
 def test_cuda_kernel_compiles_to_ptx():
-    """Real PTX for the CUDA kernel (NVRTC, no GPU), outside the simulator."""
+    """Real PTX for the CUDA kernels (NVRTC, no GPU), outside the simulator; a float32 batch of
+    float32 values runs no float64 instruction."""
     script = textwrap.dedent(
-        """
+        r"""
         import types
         import numba.cuda.dispatcher as dispatcher
         # Device functions ask the current device for its compute capability; there is none.
         dispatcher.get_current_device = lambda: types.SimpleNamespace(compute_capability=(8, 0))
+        import re
         from numba import cuda
-        from gpuload.kernels.cuda import count_rows, fill_rows, gather_rows
-        for data, index in (("float32", "int32"), ("float64", "int64")):
-            sig = (f"int64[:], {index}[:], {data}[:], int64[:], int64[:], int64[:], int64[:], int64[:], "
-                   "int64[:], float64[:], float32[:, :], float32[:], float32[:], int8[:, :], int64[:]")
-            ptx, _ = cuda.compile_ptx(gather_rows.py_func, sig, cc=(8, 0))
-            assert ".entry" in ptx and "st.global" in ptx, ptx[:200]
-            counts = f"int64[:], {index}[:], int64[:], int64[:], int64[:, :]"
-            fill = (f"int64[:], {index}[:], {data}[:], int64[:], int64[:], int64[:], int64[:], float64[:], "
-                    "float32[:, :], float32[:], int64[:, :], int64[:], float32[:], int8[:, :], int64[:]")
-            for kernel, signature in ((count_rows, counts), (fill_rows, fill)):
-                assert ".entry" in cuda.compile_ptx(kernel.py_func, signature, cc=(8, 0))[0]
+        from gpuload.kernels.cuda import fill_rows, gather_rows
+        obs = "float32[:, :], float32[:, :], int64[:, :], int64[:, :], uint8[:, :], uint8[:, :]"
+        for data, index, out in (("float32", "int32", "float32"), ("float64", "int64", "float64"),
+                                 ("float64", "int32", "float32")):
+            head = f"int64[:], {index}[:], {data}[:], int64[:], int64[:], int32[:]"
+            values = f"int64[:], {out}[:], {out}[:, :], {out}[:]"  # code, threshold, scale, weight
+            dense = (f"{head}, int64[:], int64[:], {values}, int64[:, :], {out}[:], uint8[:, :], int32[:], "
+                     f"{obs}, int64")
+            ptx, _ = cuda.compile_ptx(gather_rows.py_func, dense, cc=(8, 0))
+            assert ".entry" in ptx and re.search(rf"st\.(global\.)?f{out[-2:]}", ptx), ptx[:200]
+            if data == out == "float32":
+                assert ".f64" not in ptx, [line for line in ptx.splitlines() if ".f64" in line][:5]
+            sparse = f"{head}, {values}, int64[:, :], int64[:], {out}[:], uint8[:, :], int32[:], {obs}"
+            assert ".entry" in cuda.compile_ptx(fill_rows.py_func, sparse, cc=(8, 0))[0]
         print("ok")
         """
     )

@@ -251,16 +251,16 @@ def test_preload_out_of_memory_falls_back_to_streaming(small_h5ad, monkeypatch):
         chunk_size=25,
         window=2,
     )
-    to_device = loader.fetcher.to_device
+    read = loader.fetcher.store.read_block
     calls = []
 
-    def first_fails(block):
-        calls.append(block.rows.size)
+    def first_fails(rows, *args):
+        calls.append(rows.size)
         if len(calls) == 1:
             raise MemoryError("out of device memory")
-        return to_device(block)
+        return read(rows, *args)
 
-    monkeypatch.setattr(loader.fetcher, "to_device", first_fails)
+    monkeypatch.setattr(loader.fetcher.store, "read_block", first_fails)
     with pytest.warns(RuntimeWarning, match="streaming instead"):
         rows = np.concatenate([b["index"].numpy() for b in loader])
     np.testing.assert_array_equal(rows, np.arange(600))

@@ -275,11 +275,23 @@ def _obs_frame(
     return obs
 
 
+def _object_strings(df: pd.DataFrame) -> pd.DataFrame:
+    """Index and categories as object dtype, as pandas 2 makes them: pandas 3 infers its ``str``
+    dtype for strings, which anndata 0.12 writes only as its nullable-string encoding, behind
+    ``anndata.settings.allow_write_nullable_strings`` (the file is the same under both)."""
+    df = df.copy()
+    df.index = df.index.astype(object)
+    for column in df.columns:
+        if isinstance(df[column].dtype, pd.CategoricalDtype):
+            df[column] = df[column].cat.set_categories(df[column].cat.categories.astype(object))
+    return df
+
+
 def _write_root(f: h5py.File, obs: pd.DataFrame, var: pd.DataFrame, uns: dict) -> None:
     f.attrs["encoding-type"] = "anndata"
     f.attrs["encoding-version"] = "0.1.0"
-    ad.io.write_elem(f, "obs", obs)
-    ad.io.write_elem(f, "var", var)
+    ad.io.write_elem(f, "obs", _object_strings(obs))
+    ad.io.write_elem(f, "var", _object_strings(var))
     ad.io.write_elem(f, "uns", uns)
     ad.io.write_elem(f, "obsp", {})
     ad.io.write_elem(f, "varm", {})

@@ -18,12 +18,14 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from gpuload.errors import DeviceError
+import torch
+
+from gpuload.errors import ArgumentError, DeviceError
 
 if TYPE_CHECKING:
-    from gpuload.backend import Backend
+    from gpuload.device import Backend
 
-DALI_INSTALL_HINT = "pip install nvidia-dali-cuda120 (or the gpu-cu12 extra)"
+DALI_INSTALL_HINT = "pip install 'gpuload[dali]' (nvidia-dali-cuda120; dali-cu13 for CUDA 13)"
 
 
 def _import_dali():
@@ -35,6 +37,16 @@ def _import_dali():
             f"pipeline='dali' needs NVIDIA DALI, which is not installed; {DALI_INSTALL_HINT}"
         ) from e
     return fn, pipeline_def, DALIGenericIterator
+
+
+def check_batches(dtype: torch.dtype, output: str) -> None:
+    """What this hand-off can carry: dense batches of a dtype DALI has (it has no bfloat16)."""
+    if dtype == torch.bfloat16:
+        raise ArgumentError(
+            "pipeline='dali' cannot carry bfloat16 (DALI has no such type); use float16 or float32"
+        )
+    if output != "dense":
+        raise ArgumentError(f"pipeline='dali' carries dense batches only; use output='dense', not {output!r}")
 
 
 def dali_batches(
@@ -70,7 +82,7 @@ def dali_batches(
                 batch=True,
                 no_copy=True,
                 device="gpu" if backend.on_gpu else "cpu",
-                cuda_stream=backend.stream.ptr if backend.on_gpu else None,
+                cuda_stream=backend.stream_handle if backend.on_gpu else None,
             )
         )
 

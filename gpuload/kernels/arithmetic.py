@@ -1,26 +1,32 @@
 """The per-value arithmetic of batch assembly, written once.
 
-``@register_jitable`` functions compile for whichever numba target calls them. ``zero_row`` and
-``scatter_row`` are plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
-(:mod:`gpuload.kernels.cpu`; as real calls, passing 14 arrays per stored value costs ~6x) and
-``@cuda.jit`` device functions for the CUDA kernel (:mod:`gpuload.kernels.cuda`, also run by the
-simulator). The kernels only differ in how they split the work: the CPU twin gives each thread
-whole rows (``first=0, step=1``), the CUDA kernel gives each thread block a row and strides its
-threads over it (``first=threadIdx, step=blockDim``).
+``@register_jitable`` functions compile for whichever numba target calls them. The row functions
+below them are plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
+(:mod:`gpuload.kernels.cpu`; as real calls, passing a dozen arrays per stored value costs ~6x)
+and ``@cuda.jit`` device functions for the CUDA kernels (:mod:`gpuload.kernels.cuda`, also run by
+the simulator). The faces differ only in how they split the work: the CPU twin gives a thread
+whole rows (``first=0, step=1``, one tile per row), the CUDA kernel gives a thread block one tile
+of one row and strides its threads over it (``first=threadIdx, step=blockDim``).
 
-Output layout: one flat buffer holds every modality's block back to back, so that each
-modality's ``[B, width]`` view is contiguous. Modality ``m`` of batch row ``r`` starts at
-``mod_base[m] + r * mod_width[m]``. A full-width column ``j`` belongs to modality
-``col_mod[j]`` (``-1``: not requested) at output column ``col_out[j]``.
+Output layout (see :mod:`gpuload.assembly`): modality ``m`` of super-batch row ``r`` is the
+``mod_width[m]`` values starting at ``row_out[r, m]`` of the flat output. Full-width column ``j``
+goes where ``col_dest[j]`` says: -1 for no requested modality, else ``m << DEST_SHIFT | c`` for
+column ``c`` of modality ``m``, which is column ``mod_prefix[m] + c`` of the row's concatenated
+output (what tiles cut). One int32 lookup per stored value: separate int64 modality and column
+tables cost a third of the CPU twin's speed at full width, in cache misses alone.
+
+Arithmetic runs in the output's precision: a stored value is cast to the type of the per-cell
+scale (float32 for float32 output) before the transform, so no float64 instruction runs for a
+float32 batch.
 """
 
 from __future__ import annotations
 
 import math
 
-from numba.extending import register_jitable
+from numba.extending import overload, register_jitable
 
-# Transform codes (see gpuload.transforms for what each means and how its inputs are prepared).
+# Transform codes (see gpuload.plan.transforms for what each means and how its inputs are prepared).
 IDENTITY = 0
 BINARIZE = 1  # 1[x > threshold]
 SCALE = 2  # x * row_scale
@@ -28,26 +34,45 @@ SCALE_LOG1P = 3  # ln(1 + x * row_scale)
 TFIDF_LOGTF_LOGIDF = 4  # ln(1 + x * row_scale) * col_weight  (muon; col_weight = ln(1 + idf))
 TFIDF_LOG_TFIDF = 5  # ln(1 + x * row_scale * col_weight)  (Signac method 1; col_weight = idf)
 
-# Error codes a kernel reports in ``status[0]`` (``status[1]`` = the offending batch row).
+# Error codes a kernel reports in ``status[r]`` for super-batch row ``r``.
 OK = 0
 NOT_FINITE = 1
 NEGATIVE_UNDER_LOG = 2
 COLUMN_OUT_OF_RANGE = 3
 
+# Modalities a kernel can route (present bits, shared-memory cursors).
+MAX_MODALITIES = 8
+
+
+def cast_like(x, like):
+    """``x`` as the scalar type of ``like`` (the simulator runs this Python version)."""
+    return type(like)(x)
+
+
+@overload(cast_like, target="generic")
+def _cast_like(x, like):
+    target = like  # a numba type, callable as a cast in compiled code
+
+    def impl(x, like):
+        return target(x)
+
+    return impl
+
 
 @register_jitable
-def transform_value(x, code, row_scale, col_weight, threshold):
-    """One stored value after the modality's transform."""
-    if code == BINARIZE:
-        return 1.0 if x > threshold else 0.0
+def transform_value(x, code, row_scale, col_weight, j, threshold):
+    """One stored value after the modality's transform (``x`` already in the output precision);
+    ``col_weight[j]`` is read only by the transforms that use it."""
+    if code == BINARIZE:  # 1 and 0 in x's precision: a literal 1.0 would be float64
+        return cast_like(1, row_scale) if x > threshold else cast_like(0, row_scale)
     if code == SCALE:
         return x * row_scale
     if code == SCALE_LOG1P:
         return math.log1p(x * row_scale)
     if code == TFIDF_LOGTF_LOGIDF:
-        return math.log1p(x * row_scale) * col_weight
+        return math.log1p(x * row_scale) * col_weight[j]
     if code == TFIDF_LOG_TFIDF:
-        return math.log1p(x * row_scale * col_weight)
+        return math.log1p(x * row_scale * col_weight[j])
     return x
 
 
@@ -62,11 +87,13 @@ def check_value(x, code):
 
 
 @register_jitable
-def checked_value(x, code, row_scale, col_weight, threshold):
-    """(transformed value, error code): a value that fails its check becomes 0, since the
-    simulator's ``math`` would raise on it; the caller raises for the whole batch."""
+def checked_value(stored, code, row_scale, col_weight, j, threshold):
+    """(transformed value, error code) of a stored value: a value that fails its check becomes
+    0, since the simulator's ``math`` would raise on it; the caller reports the row."""
+    x = cast_like(stored, row_scale)
     err = check_value(x, code)
-    return transform_value(x if err == OK else 0.0, code, row_scale, col_weight, threshold), err
+    zero = cast_like(0, row_scale)
+    return transform_value(x if err == OK else zero, code, row_scale, col_weight, j, threshold), err
 
 
 @register_jitable
@@ -76,87 +103,88 @@ def _count(start, stop, step):
     return max(0, (stop - start + step - 1) // step)
 
 
-def zero_row(r, first, step, mod_base, mod_width, out):
-    """Zero batch row ``r`` of every modality block (elements ``first``, ``first+step``, ...)."""
-    for m in range(mod_base.size):
-        start = mod_base[m] + r * mod_width[m] + first
+@register_jitable
+def row_width(mod_prefix, mod_width):
+    """Width of a row's concatenated output (every modality)."""
+    last = mod_prefix.size - 1
+    return mod_prefix[last] + mod_width[last]
+
+
+DEST_SHIFT = 24  # col_dest: modality << DEST_SHIFT | column
+DEST_MASK = (1 << DEST_SHIFT) - 1
+SKIP = -1  # destination: a column no modality requested
+OUT_OF_RANGE = -2  # destination: a column index outside the matrix (a corrupt file)
+
+
+@register_jitable
+def destination(j, col_dest):
+    """``col_dest[j]``, or OUT_OF_RANGE for an index outside the matrix."""
+    if j < 0 or j >= col_dest.size:
+        return OUT_OF_RANGE
+    return col_dest[j]
+
+
+def zero_tile(r, lo, hi, first, step, row_out, mod_prefix, mod_width, out):
+    """Zero output columns ``[lo, hi)`` of row ``r`` (elements ``first``, ``first+step``, ...)."""
+    for m in range(mod_width.size):
+        a = max(lo, mod_prefix[m])
+        b = min(hi, mod_prefix[m] + mod_width[m])
+        start = row_out[r, m] + a - mod_prefix[m]
         if step == 1:  # one thread per row: a memset (the strided loop is ~3x slower on the CPU)
-            out[start : start + mod_width[m] - first] = 0
+            out[start + first : start + b - a] = 0
         else:
-            for i in range(_count(first, mod_width[m], step)):
-                out[start + i * step] = 0
+            for i in range(_count(first, b - a, step)):
+                out[start + first + i * step] = 0
 
 
 # fmt: off
-def scatter_row(r, row, first, step, indptr, indices, data, col_mod, col_out, mod_base, mod_width, mod_code,
-                mod_threshold, row_scale, col_weight, out, present):
-    """Write stored values ``first``, ``first+step``, ... of block row ``row`` into batch row
-    ``r``, transformed; return OK or the last error code.
+def scatter_tile(r, row, grow, lo, hi, first, step, report, indptr, indices, data, col_dest, mod_prefix,
+                 mod_code, mod_threshold, row_scale, col_weight, row_out, out):
+    """Write the stored values ``first``, ``first+step``, ... of block row ``row`` whose output
+    column lies in ``[lo, hi)`` into super-batch row ``r`` (file row ``grow``), transformed.
 
-    ``present[r, m]`` is set when the row has a nonzero value in modality ``m`` (a cell with
-    none is missing that modality). A value that fails its check is written as 0 (the
-    simulator's ``math`` would raise on it) and the caller raises for the whole batch. The store
-    itself is unconditional and the error stays in a register: a branch around the store, or a
-    store to the caller's status array inside this loop, makes the CPU loop ~5x slower.
+    Returns (error code, present bits): bit ``m`` is set when the row has a nonzero value in
+    modality ``m``. With ``report``, both are over every value visited, inside the tile or not,
+    so the block that owns a row's first tile can report them for the whole row.
     """
     err = OK
-    lo = indptr[row] + first
-    for i in range(_count(lo, indptr[row + 1], step)):
-        k = lo + i * step
+    bits = 0
+    k0 = indptr[row] + first
+    for i in range(_count(k0, indptr[row + 1], step)):
+        k = k0 + i * step
         j = indices[k]
-        if j < 0 or j >= col_mod.size:
-            err = COLUMN_OUT_OF_RANGE
+        d = destination(j, col_dest)
+        if d < 0:
+            if d == OUT_OF_RANGE:
+                err = COLUMN_OUT_OF_RANGE
             continue
-        m = col_mod[j]
-        if m < 0:
+        m = d >> DEST_SHIFT
+        c = d & DEST_MASK
+        g = mod_prefix[m] + c
+        inside = g >= lo and g < hi
+        if not (inside or report):
             continue
         x = data[k]
-        code = mod_code[m]
         if x != 0:
-            present[r, m] = 1
-        value, e = checked_value(x, code, row_scale[r, m], col_weight[j], mod_threshold[m])
+            bits |= 1 << m
+        value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
         if e != OK:
             err = e
-        out[mod_base[m] + r * mod_width[m] + col_out[j]] = value
-    return err
+        if inside:
+            out[row_out[r, m] + c] = value
+    return err, bits
 # fmt: on
 
 
-# Sparse output: a count pass, a prefix sum (by the caller), then a fill pass. Each modality's
-# entries of batch row r go to positions cursor[m, r], cursor[m, r] + 1, ... of flat arrays, so
-# every modality is one CSR matrix. One thread per row keeps column order within a row.
-def count_row(r, row, indptr, indices, col_mod, counts):
-    """Count block row ``row``'s stored values per modality into ``counts[m, r]``."""
-    for k in range(indptr[row], indptr[row + 1]):
-        j = indices[k]
-        if j >= 0 and j < col_mod.size and col_mod[j] >= 0:
-            counts[col_mod[j], r] += 1
-
-
-# fmt: off
-def fill_row(r, row, indptr, indices, data, col_mod, col_out, mod_code, mod_threshold, row_scale, col_weight,
-             cursor, out_indices, out_values, present):
-    """Write block row ``row``'s values, transformed, as CSR entries of batch row ``r`` of each
-    modality (at ``cursor[m, r]``, which advances); return OK or the last error code."""
-    err = OK
-    for k in range(indptr[row], indptr[row + 1]):
-        j = indices[k]
-        if j < 0 or j >= col_mod.size:
-            err = COLUMN_OUT_OF_RANGE
-            continue
-        m = col_mod[j]
-        if m < 0:
-            continue
-        x = data[k]
-        code = mod_code[m]
-        if x != 0:
-            present[r, m] = 1
-        value, e = checked_value(x, code, row_scale[r, m], col_weight[j], mod_threshold[m])
-        if e != OK:
-            err = e
-        p = cursor[m, r]
-        out_indices[p] = col_out[j]
-        out_values[p] = value
-        cursor[m, r] = p + 1
-    return err
-# fmt: on
+def copy_obs(r, grow, first, step, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out):
+    """Row ``r``'s obs columns (float32, int64 and uint8 matrices, one obs column per matrix
+    row) from file row ``grow`` (matrix rows ``first``, ``first+step``, ...)."""
+    for i in range(_count(first, obs_f.shape[0], step)):
+        c = first + i * step
+        obs_f_out[c, r] = obs_f[c, grow]
+    for i in range(_count(first, obs_i.shape[0], step)):
+        c = first + i * step
+        obs_i_out[c, r] = obs_i[c, grow]
+    for i in range(_count(first, obs_u.shape[0], step)):
+        c = first + i * step
+        obs_u_out[c, r] = obs_u[c, grow]

@@ -1,53 +1,108 @@
-"""CPU twin of the gather kernel: each thread takes whole rows (``prange``)."""
+"""CPU twin of the assembly kernels: each thread takes whole rows of a super-batch (``prange``).
+
+A row is zeroed with a memset and its stored values scattered into it (measured faster on our
+machines than one ordered pass writing the zeros between values, whose many short memsets cost
+more than the scattered writes they avoid); the per-value arithmetic is
+:mod:`gpuload.kernels.arithmetic`'s, shared with the CUDA kernels.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 from gpuload.kernels import arithmetic
-from gpuload.kernels.arithmetic import OK
+from gpuload.kernels.arithmetic import (
+    COLUMN_OUT_OF_RANGE,
+    DEST_MASK,
+    DEST_SHIFT,
+    OK,
+    OUT_OF_RANGE,
+    checked_value,
+    destination,
+    row_width,
+)
 
-# Inlined at numba-IR level: as real calls, passing 14 arrays per stored value costs ~6x.
-zero_row = njit(inline="always")(arithmetic.zero_row)
-scatter_row = njit(inline="always")(arithmetic.scatter_row)
-count_row = njit(inline="always")(arithmetic.count_row)
-fill_row = njit(inline="always")(arithmetic.fill_row)
-
-
-# fmt: off
-@njit(parallel=True, nogil=True)
-def gather_rows(indptr, indices, data, local_rows, col_mod, col_out, mod_base, mod_width, mod_code,
-                mod_threshold, row_scale, col_weight, out, present, status):
-    """Densify ``local_rows`` of a CSR block into ``out`` (zeroing it first), transformed.
-
-    ``status`` gets (error code, batch row) of a value that cannot be transformed.
-    """
-    for r in prange(local_rows.size):
-        zero_row(r, 0, 1, mod_base, mod_width, out)
-        err = scatter_row(r, local_rows[r], 0, 1, indptr, indices, data, col_mod, col_out, mod_base,
-                          mod_width, mod_code, mod_threshold, row_scale, col_weight, out, present)
-        if err != OK:
-            status[0] = err
-            status[1] = r
-# fmt: on
-
-
-@njit(parallel=True, nogil=True)
-def count_rows(indptr, indices, local_rows, col_mod, counts):
-    """Sparse output, pass 1: stored values per (modality, batch row); ``counts`` zeroed."""
-    for r in prange(local_rows.size):
-        count_row(r, local_rows[r], indptr, indices, col_mod, counts)
+# Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs ~6x.
+zero_tile = njit(inline="always")(arithmetic.zero_tile)
+scatter_tile = njit(inline="always")(arithmetic.scatter_tile)
+copy_obs = njit(inline="always")(arithmetic.copy_obs)
 
 
 # fmt: off
+@njit(inline="always")
+def fill_row(r, row, grow, indptr, indices, data, col_dest, mod_code, mod_threshold, row_scale, col_weight,
+             cursor, out_indices, out_values):
+    """Sparse output: block row ``row``'s values, transformed, as CSR entries of super-batch row
+    ``r`` of each modality (from ``cursor[r, m]``, which advances), in file order.
+    Returns (error code, present bits)."""
+    err = OK
+    bits = 0
+    for k in range(indptr[row], indptr[row + 1]):
+        j = indices[k]
+        d = destination(j, col_dest)
+        if d < 0:
+            if d == OUT_OF_RANGE:
+                err = COLUMN_OUT_OF_RANGE
+            continue
+        m = d >> DEST_SHIFT
+        x = data[k]
+        if x != 0:
+            bits |= 1 << m
+        value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
+        if e != OK:
+            err = e
+        p = cursor[r, m]
+        out_indices[p] = d & DEST_MASK
+        out_values[p] = value
+        cursor[r, m] = p + 1
+    return err, bits
+
+
 @njit(parallel=True, nogil=True)
-def fill_rows(indptr, indices, data, local_rows, col_mod, col_out, mod_code, mod_threshold, row_scale,
-              col_weight, cursor, out_indices, out_values, present, status):
-    """Sparse output, pass 2: the entries, at the row offsets in ``cursor``."""
+def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_prefix, mod_width, mod_code,
+                mod_threshold, row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i,
+                obs_i_out, obs_u, obs_u_out, tile):
+    """Dense output of a super-batch: row ``r`` from block row ``local_rows[r]`` (file row
+    ``global_rows[r]``) into ``out`` at ``row_out[r]``, transformed; ``present[m, r]``,
+    ``status[r]`` (OK or an error code) and the obs columns of the row. ``tile`` is the CUDA
+    kernel's and unused here (a thread writes whole rows)."""
     for r in prange(local_rows.size):
-        err = fill_row(r, local_rows[r], indptr, indices, data, col_mod, col_out, mod_code, mod_threshold,
-                       row_scale, col_weight, cursor, out_indices, out_values, present)
-        if err != OK:
-            status[0] = err
-            status[1] = r
+        width = row_width(mod_prefix, mod_width)
+        zero_tile(r, 0, width, 0, 1, row_out, mod_prefix, mod_width, out)
+        err, bits = scatter_tile(r, local_rows[r], global_rows[r], 0, width, 0, 1, True, indptr, indices,
+                                 data, col_dest, mod_prefix, mod_code, mod_threshold, row_scale, col_weight,
+                                 row_out, out)
+        for m in range(mod_width.size):
+            present[m, r] = (bits >> m) & 1
+        status[r] = err
+        copy_obs(r, global_rows[r], 0, 1, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
+
+
+@njit(parallel=True, nogil=True)
+def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code, mod_threshold, row_scale,
+              col_weight, cursor, out_indices, out_values, present, status, obs_f, obs_f_out, obs_i,
+              obs_i_out, obs_u, obs_u_out):
+    """Sparse output of a super-batch: the entries at the row offsets in ``cursor``, plus the
+    presence, status and obs of each row as :func:`gather_rows`."""
+    for r in prange(local_rows.size):
+        err, bits = fill_row(r, local_rows[r], global_rows[r], indptr, indices, data, col_dest, mod_code,
+                             mod_threshold, row_scale, col_weight, cursor, out_indices, out_values)
+        for m in range(present.shape[0]):
+            present[m, r] = (bits >> m) & 1
+        status[r] = err
+        copy_obs(r, global_rows[r], 0, 1, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
 # fmt: on
+
+
+@njit(nogil=True)
+def count_modalities(indptr, indices, col_dest, n_mod):
+    """Stored values per (block row, modality): where the sparse output's rows start, known on
+    the host before any kernel runs (so no count pass and no device-to-host wait)."""
+    counts = np.zeros((indptr.size - 1, n_mod), np.int64)
+    for row in range(indptr.size - 1):
+        for k in range(indptr[row], indptr[row + 1]):
+            d = destination(indices[k], col_dest)
+            if d >= 0:
+                counts[row, d >> DEST_SHIFT] += 1
+    return counts

@@ -1,9 +1,8 @@
 """Where each full-width column goes in the output: the column routing every kernel reads.
 
-One flat output buffer holds every modality's block back to back, so that each modality's
-``[B, width]`` view is contiguous: modality ``m`` of batch row ``r`` starts at
-``mod_base[m] + r * mod_width[m]``. A full-width column ``j`` belongs to modality ``col_mod[j]``
-(``-1``: not requested) at output column ``col_out[j]`` (see :mod:`gpuload.kernels.arithmetic`).
+Full-width column ``j`` goes where ``col_dest[j]`` says: -1 when no requested modality has it,
+else ``m << DEST_SHIFT | c`` for column ``c`` of modality ``m``'s output (see
+:mod:`gpuload.kernels.arithmetic`, which also says why one packed int32 table).
 """
 
 from __future__ import annotations
@@ -12,27 +11,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gpuload.errors import ArgumentError
+from gpuload.kernels.arithmetic import DEST_MASK, DEST_SHIFT, MAX_MODALITIES
+
 
 @dataclass(frozen=True)
 class Layout:
-    """Column routing and per-modality transform codes, as arrays of one array module."""
+    """Column routing and per-modality transform codes (numpy arrays)."""
 
     names: tuple[str, ...]
     widths: tuple[int, ...]
-    col_mod: object  # [n_vars] int64, -1 = not requested
-    col_out: object  # [n_vars] int64
-    mod_width: object  # [n_mod] int64
-    mod_code: object  # [n_mod] int64
-    mod_threshold: object  # [n_mod] float64
-    col_weight: object  # [n_vars] float32
-    mod_base: object = None  # [n_mod] int64, set per batch size by ``for_batch``
+    col_dest: np.ndarray  # [n_vars] int32: -1, or modality << DEST_SHIFT | output column
+    mod_code: np.ndarray  # [n_mod] int64
+    mod_threshold: np.ndarray  # [n_mod] float64
+    col_weight: np.ndarray  # [n_vars] float32
 
-    def for_batch(self, xp, n_rows: int) -> Layout:
-        """This layout with ``mod_base`` for a batch of ``n_rows`` rows, as ``xp`` arrays."""
-        base = np.concatenate([[0], np.cumsum(np.asarray(self.widths, dtype=np.int64) * n_rows)[:-1]])
-        return Layout(**{**self.__dict__, "mod_base": xp.asarray(base)})
+    @property
+    def col_mod(self) -> np.ndarray:
+        """Each full-width column's modality (-1: none)."""
+        return np.where(self.col_dest >= 0, self.col_dest >> DEST_SHIFT, -1)
 
-    def to(self, to_device) -> Layout:
-        """The same layout with its arrays moved by ``to_device`` (the backend's copy)."""
-        arrays = ("col_mod", "col_out", "mod_width", "mod_code", "mod_threshold", "col_weight")
-        return Layout(**{**self.__dict__, **{k: to_device(getattr(self, k)) for k in arrays}})
+
+def column_destinations(n_vars: int, modality_columns: list[np.ndarray]) -> np.ndarray:
+    """``col_dest`` for modalities owning the given full-width columns (in output order)."""
+    if len(modality_columns) > MAX_MODALITIES:
+        raise ArgumentError(
+            f"at most {MAX_MODALITIES} modalities can be loaded at once, got {len(modality_columns)}"
+        )
+    dest = np.full(n_vars, -1, dtype=np.int32)
+    for m, columns in enumerate(modality_columns):
+        if columns.size > DEST_MASK + 1:
+            raise ArgumentError(
+                f"a modality of {columns.size} columns is wider than the {DEST_MASK + 1} supported"
+            )
+        dest[columns] = (m << DEST_SHIFT) | np.arange(columns.size, dtype=np.int32)
+    return dest

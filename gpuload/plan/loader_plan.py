@@ -7,15 +7,15 @@ host (numpy) arrays only; the assembler moves what the kernels read to the devic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from gpuload.errors import ArgumentError
 from gpuload.formats import Modality, MultiomeStore
-from gpuload.plan.layout import Layout
-from gpuload.plan.obs import ObsColumns, select_columns, subset_positions
+from gpuload.plan.layout import Layout, column_destinations
+from gpuload.plan.obs import ObsColumns, query_mask, select_columns, subset_positions
 from gpuload.plan.stats import compute_stats
 from gpuload.plan.transforms import Transform, parse_transform
 
@@ -49,12 +49,13 @@ def build_plan(
     obs_keys: Sequence[str] | None = None,
     subset=None,
     split: str | None = None,
+    query: Callable = query_mask,
 ) -> LoaderPlan:
     """Resolve the loader's selection options against ``store`` (arguments as
-    :class:`~gpuload.loader.MultiomeLoader`); reads the file once when a transform needs
-    column statistics."""
+    :class:`~gpuload.loader.MultiomeLoader`; ``query(obs, expression)`` evaluates a ``subset``
+    query string); reads the file once when a transform needs column statistics."""
     mods = resolve_modalities(store, modalities)
-    positions = subset_positions(store.obs, subset, split, store.path)
+    positions = subset_positions(store.obs, subset, split, store.path, query)
     keys = select_columns(store.obs, obs_keys, [m.name for m in mods], store.path)
     transforms = parse_transforms(transform, [m.name for m in mods])
     layout, row_scale = prepare_layout(store, mods, transforms, positions)
@@ -107,14 +108,10 @@ def prepare_layout(
 ) -> tuple[Layout, np.ndarray]:
     """Column routing, per-modality codes and per-cell scales, computed once."""
     stats = compute_stats(store, positions) if any(t.needs_stats for t in transforms.values()) else None
-    col_mod = np.full(store.n_vars, -1, dtype=np.int64)
-    col_out = np.zeros(store.n_vars, dtype=np.int64)
     col_weight = np.ones(store.n_vars, dtype=np.float32)
     row_scale = np.ones((store.n_cells, len(modalities)), dtype=np.float32)
     codes, thresholds = [], []
     for i, mod in enumerate(modalities):
-        col_mod[mod.columns] = i
-        col_out[mod.columns] = np.arange(mod.width)
         prepared = transforms[mod.name].prepare(
             mod.name, store.obs, stats, mod.columns, positions, store.path
         )
@@ -127,9 +124,7 @@ def prepare_layout(
     layout = Layout(
         names=tuple(m.name for m in modalities),
         widths=tuple(m.width for m in modalities),
-        col_mod=col_mod,
-        col_out=col_out,
-        mod_width=np.array([m.width for m in modalities], dtype=np.int64),
+        col_dest=column_destinations(store.n_vars, [m.columns for m in modalities]),
         mod_code=np.array(codes, dtype=np.int64),
         mod_threshold=np.array(thresholds, dtype=np.float64),
         col_weight=col_weight,

@@ -1,14 +1,15 @@
 """Per-cell metadata (obs) for a loader: which columns, which cells, and the columns as arrays.
 
-Numeric columns become float32 (NaN kept) or int64 arrays, booleans bool arrays, and
-categoricals or strings int64 codes plus their category list. On a GPU the frame lives in cuDF
-and the arrays in device memory (the backend decides); nothing here knows which.
+Numeric columns become float32 (NaN kept) or int64, booleans bool, and categoricals or strings
+int64 codes plus their category list, packed by kind (:class:`ObsColumns`). Where they live on
+the device is the assembler's business; nothing here knows which face runs.
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,13 +53,24 @@ def find_column(obs: pd.DataFrame, candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if c in obs.columns), None)
 
 
-def subset_positions(obs: pd.DataFrame, subset, split: str | None, path: Path) -> np.ndarray:
+def query_mask(obs: pd.DataFrame, expression: str) -> np.ndarray:
+    """The boolean mask of the rows ``obs.query(expression)`` selects (pandas evaluates it)."""
+    hits = obs.assign(_gpuload_pos=np.arange(len(obs))).query(expression)["_gpuload_pos"].to_numpy()
+    mask = np.zeros(len(obs), dtype=bool)
+    mask[hits] = True
+    return mask
+
+
+def subset_positions(
+    obs: pd.DataFrame, subset, split: str | None, path: Path, query: Callable = query_mask
+) -> np.ndarray:
     """Sorted row positions selected by ``subset`` (query string, bool mask or int indices)
-    and ``split`` (the competition split by batch)."""
+    and ``split`` (the competition split by batch); ``query(obs, expression)`` evaluates a
+    query string (a GPU face evaluates it with cuDF)."""
     n = len(obs)
     keep = np.ones(n, dtype=bool)
     if subset is not None:
-        keep &= _subset_mask(obs, subset, path)
+        keep &= _subset_mask(obs, subset, path, query)
     if split is not None:
         if split not in schema.SPLITS:
             raise ArgumentError(f"split must be one of {list(schema.SPLITS)}, got {split!r}")
@@ -73,16 +85,13 @@ def subset_positions(obs: pd.DataFrame, subset, split: str | None, path: Path) -
     return positions
 
 
-def _subset_mask(obs: pd.DataFrame, subset, path: Path) -> np.ndarray:
+def _subset_mask(obs: pd.DataFrame, subset, path: Path, query: Callable) -> np.ndarray:
     n = len(obs)
     if isinstance(subset, str):
         try:
-            hits = obs.assign(_gpuload_pos=np.arange(n)).query(subset)["_gpuload_pos"].to_numpy()
+            return query(obs, subset)
         except Exception as e:  # pandas raises several kinds for a bad expression
             raise ArgumentError(f"{path}: subset query {subset!r} failed: {e}") from e
-        mask = np.zeros(n, dtype=bool)
-        mask[hits] = True
-        return mask
     arr = np.asarray(subset)
     if arr.dtype == bool:
         if arr.shape != (n,):
@@ -100,17 +109,31 @@ def _subset_mask(obs: pd.DataFrame, subset, path: Path) -> np.ndarray:
     raise ArgumentError(f"subset must be a query string, a boolean mask or integer indices, got {arr.dtype}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ObsColumns:
-    """obs columns as host arrays, ready to be moved to the device and gathered per batch."""
+    """The delivered obs columns packed by kind into matrices with one row per column, so that a
+    super-batch gathers every column of a kind in one pass over its rows.
 
-    numeric: dict[str, np.ndarray] = field(default_factory=dict)
-    codes: dict[str, np.ndarray] = field(default_factory=dict)
-    categories: dict[str, list[str]] = field(default_factory=dict)
+    ``floats`` (float32, NaN kept), ``ints`` (int64 columns, then the categoricals' codes, -1 for
+    missing) and ``bools`` (uint8) are ``[columns, n_cells]``; ``numeric`` lists the numeric
+    columns in obs order with their kind, ``categories`` each categorical's category list.
+    """
+
+    float_keys: tuple[str, ...]
+    int_keys: tuple[str, ...]
+    code_keys: tuple[str, ...]
+    bool_keys: tuple[str, ...]
+    floats: np.ndarray
+    ints: np.ndarray
+    bools: np.ndarray
+    numeric: tuple[tuple[str, str], ...]  # (key, "float" | "int" | "bool") in obs order
+    categories: dict[str, list[str]]
 
     @classmethod
     def from_frame(cls, obs: pd.DataFrame, keys: list[str]) -> ObsColumns:
-        out = cls()
+        columns: dict[str, list] = {"float": [], "int": [], "code": [], "bool": []}
+        names: dict[str, list[str]] = {kind: [] for kind in columns}
+        numeric, categories = [], {}
         for k in keys:
             col = obs[k]
             dtype = col.dtype
@@ -120,14 +143,36 @@ class ObsColumns:
                 or pd.api.types.is_string_dtype(dtype)
             ):
                 cat = col.astype("category")
-                out.codes[k] = cat.cat.codes.to_numpy().astype(np.int64)
-                out.categories[k] = [str(c) for c in cat.cat.categories]
+                kind, values = "code", cat.cat.codes.to_numpy().astype(np.int64)
+                categories[k] = [str(c) for c in cat.cat.categories]
             elif pd.api.types.is_bool_dtype(dtype):
-                out.numeric[k] = col.to_numpy(dtype=bool, na_value=False)
+                kind, values = "bool", col.to_numpy(dtype=bool, na_value=False).astype(np.uint8)
             elif pd.api.types.is_integer_dtype(dtype) and not col.isna().any():
-                out.numeric[k] = col.to_numpy(dtype=np.int64)
+                kind, values = "int", col.to_numpy(dtype=np.int64)
             elif pd.api.types.is_numeric_dtype(dtype):
-                out.numeric[k] = col.to_numpy(dtype=np.float32, na_value=np.nan)
+                kind, values = "float", col.to_numpy(dtype=np.float32, na_value=np.nan)
             else:
                 raise SchemaError(f"obs column {k!r} has dtype {dtype}, which gpuload cannot batch")
-        return out
+            columns[kind].append(values)
+            names[kind].append(k)
+            if kind != "code":
+                numeric.append((k, kind))
+
+        def matrix(parts: list[np.ndarray], dtype) -> np.ndarray:
+            return np.stack(parts).astype(dtype, copy=False) if parts else np.zeros((0, len(obs)), dtype)
+
+        return cls(
+            float_keys=tuple(names["float"]),
+            int_keys=tuple(names["int"]),
+            code_keys=tuple(names["code"]),
+            bool_keys=tuple(names["bool"]),
+            floats=matrix(columns["float"], np.float32),
+            ints=matrix(columns["int"] + columns["code"], np.int64),
+            bools=matrix(columns["bool"], np.uint8),
+            numeric=tuple(numeric),
+            categories=categories,
+        )
+
+    def codes(self, key: str) -> np.ndarray:
+        """The host codes of categorical ``key`` for every cell."""
+        return self.ints[len(self.int_keys) + self.code_keys.index(key)]

@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gpuload.bmmc import schema
+from gpuload.device import gpu_available
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
 from gpuload.formats import MultiomeStore, open_multiome
 from gpuload.loader import MultiomeLoader
@@ -91,14 +92,22 @@ def _average_gradients(model: torch.nn.Module) -> None:
             p.grad /= world
 
 
-def _init_distributed(device: str) -> bool:
-    """Join the process group when launched by torchrun (RANK and WORLD_SIZE set)."""
+def _init_distributed(device: str) -> tuple[bool, str]:
+    """Join the process group when launched by torchrun (RANK and WORLD_SIZE set); returns
+    whether it did and the device this rank trains on. On GPUs rank r takes ``cuda:LOCAL_RANK``
+    with NCCL; on the CPU the ranks use gloo."""
     dist = torch.distributed
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) < 2:
-        return False
+        return False, device
+    if device in ("auto", "cuda") and gpu_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)  # this process's GPU, for torch, NCCL and the loader
+        device = f"cuda:{local_rank}"
+    elif device == "auto":
+        device = "cpu"
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return True
+    return True, device
 
 
 def _fit(
@@ -177,7 +186,7 @@ def train(
     if epochs < 1:
         raise ArgumentError(f"epochs must be at least 1, got {epochs}")
     torch.manual_seed(seed)  # the same on every rank: identical initial weights
-    distributed = _init_distributed(str(device))
+    distributed, device = _init_distributed(str(device))
     is_main = not distributed or torch.distributed.get_rank() == 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
