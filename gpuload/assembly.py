@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from gpuload.batch_columns import CategoryStrings, LazyColumns
 from gpuload.checks import positive_int
 from gpuload.device import Backend, Carver, PinnedRing
 from gpuload.errors import ArgumentError, DataValueError
@@ -31,7 +32,7 @@ from gpuload.plan import LoaderPlan
 OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OUTPUTS = ("dense", "sparse_csr")
 # Output bytes per super-batch, by face (see benchmarks/RESULTS.md for how they were chosen).
-SUPER_BATCH_BYTES = {"cpu": 32 << 20, "cudasim": 32 << 20, "cuda": 256 << 20}
+SUPER_BATCH_BYTES = {"cpu": 128 << 20, "cudasim": 32 << 20, "cuda": 512 << 20}
 # Columns of a dense row per CUDA thread block (the simulator takes a row per block).
 CUDA_TILE = 256 * 16
 
@@ -44,51 +45,6 @@ def check_output(dtype: torch.dtype, output: str, super_batch_bytes: int | None)
         raise ArgumentError(f"output must be one of {OUTPUTS}, got {output!r}")
     if super_batch_bytes is not None:
         positive_int("super_batch_bytes", super_batch_bytes)
-
-
-class CategoryStrings:
-    """One categorical obs column of a batch, turned into strings only when read (None for a
-    missing value): ``len``, indexing, iteration, ``tolist()``, ``numpy.asarray``, and equality
-    with a list of the same strings.
-
-    Deliberately not a ``collections.abc.Sequence``: frameworks that rebuild sequences while
-    moving a batch (Lightning's ``apply_to_collection``) leave it alone, as they leave strings.
-    """
-
-    __slots__ = ("codes", "rows", "categories")
-
-    def __init__(self, codes: np.ndarray, rows: np.ndarray, categories: list[str]) -> None:
-        self.codes, self.rows, self.categories = codes, rows, categories
-
-    def __len__(self) -> int:
-        return self.rows.size
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self._string(c) for c in self.codes[self.rows[i]]]
-        return self._string(self.codes[self.rows[i]])
-
-    def _string(self, code) -> str | None:
-        return self.categories[code] if code >= 0 else None
-
-    def __iter__(self) -> Iterator[str | None]:
-        return iter(self[:])
-
-    def tolist(self) -> list[str | None]:
-        return self[:]
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        return np.array(self[:], dtype=dtype if dtype is not None else object)
-
-    def __eq__(self, other) -> bool:
-        if isinstance(other, CategoryStrings | list | tuple):
-            return self[:] == list(other)
-        return NotImplemented
-
-    __hash__ = None  # compares like a list, so unhashable like one
-
-    def __repr__(self) -> str:
-        return repr(self[:])
 
 
 @dataclass
@@ -160,8 +116,9 @@ class BatchAssembler:
         self.meta_ring = PinnedRing(backend) if backend.streams else None
         kinds = {"float": 0, "int": 1, "bool": 2}
         index = {"float": obs.float_keys, "int": obs.int_keys, "bool": obs.bool_keys}
-        self.numeric_slots = [(key, kinds[kind], index[kind].index(key)) for key, kind in obs.numeric]
-        self.code_slots = [(key, len(obs.int_keys) + i) for i, key in enumerate(obs.code_keys)]
+        self.numeric_slots = {key: (kinds[kind], index[kind].index(key)) for key, kind in obs.numeric}
+        self.code_slots = {key: len(obs.int_keys) + i for i, key in enumerate(obs.code_keys)}
+        self.obs_order = (*self.numeric_slots, *obs.code_keys)  # numeric columns, then categoricals
         self.host_codes = {key: obs.codes(key) for key in obs.code_keys}
 
     # -- grouping ---------------------------------------------------------------------------
@@ -205,20 +162,21 @@ class BatchAssembler:
         bad = np.flatnonzero(status)
         if bad.size:
             kept, error = int(batch_of[bad[0]]), self._error(int(status[bad[0]]), int(rows[bad[0]]))
-        split = sizes.tolist()
-        index = meta[n : 2 * n].split(split)
-        masks = [m.split(split) for m in buffers["present"].view(torch.bool)]
-        obs = [
-            buffers["obs_f"].split(split, 1),
-            buffers["obs_i"].split(split, 1),
-            buffers["obs_u"].split(split, 1),
-        ]
+        present = buffers["present"].view(torch.bool)
+        obs = (buffers["obs_f"], buffers["obs_i"], buffers["obs_u"].view(torch.bool))
         out = []
-        for k in range(kept):
+        for k, (start, stop) in enumerate(
+            zip(first[:kept].tolist(), (first + sizes)[:kept].tolist(), strict=True)
+        ):
+            # One as_strided view each (the cheapest tensor to make): a batch's host cost is the
+            # handful of tensor objects it is made of.
             batch = tail(k)
-            batch["mask"] = {name: masks[m][k] for m, name in enumerate(self.names)}
-            batch["index"] = index[k]
-            batch["obs"], batch["obs_codes"] = self._obs(k, obs, batches[k])
+            rows_k = (stop - start,)
+            batch["mask"] = {
+                name: present.as_strided(rows_k, (1,), m * n + start) for m, name in enumerate(self.names)
+            }
+            batch["index"] = meta.as_strided(rows_k, (1,), n + start)
+            batch["obs"], batch["obs_codes"] = self._obs(obs, start, stop, batches[k])
             out.append(batch)
         handed = (meta, *(t for key, t in buffers.items() if key != "status"))
         return Assembled(out, fence, handed, error)
@@ -284,13 +242,13 @@ class BatchAssembler:
         b.launch("gather_rows", n, self.width, args)
         if self.kernel_dtype != self.dtype:
             out = b.cast(out, self.dtype, "output dtype")
-        pieces = out.split((sizes[:, None] * widths).ravel().tolist())
         buffers["out"] = out
+        shapes = [[(int(size), int(w)) for w in widths] for size in sizes]
+        offsets = (starts[:, None] + sizes[:, None] * self.prefix).tolist()  # batch k, modality m
 
         def tail(k: int) -> dict:
-            rows_k = int(sizes[k])
             return {
-                name: pieces[k * widths.size + m].view(rows_k, int(widths[m]))
+                name: out.as_strided(shapes[k][m], (shapes[k][m][1], 1), offsets[k][m])
                 for m, name in enumerate(self.names)
             }
 
@@ -346,15 +304,21 @@ class BatchAssembler:
 
         return meta, slot, buffers, tail
 
-    def _obs(self, k: int, obs: list, rows: np.ndarray) -> tuple[dict, dict]:
-        """Batch ``k``'s obs: numeric columns as views of the gathered matrices, categoricals as
-        lazy strings (from the host codes, no device read) and as code views."""
-        columns = [obs[0][k].unbind(0), obs[1][k].unbind(0), obs[2][k].view(torch.bool).unbind(0)]
-        values = {key: columns[kind][i] for key, kind, i in self.numeric_slots}
-        cats = self.plan.obs.categories
-        for key in self.host_codes:
-            values[key] = CategoryStrings(self.host_codes[key], rows, cats[key])
-        return values, {key: columns[1][i] for key, i in self.code_slots}
+    def _obs(self, obs: tuple, start: int, stop: int, rows: np.ndarray) -> tuple[LazyColumns, LazyColumns]:
+        """The obs of the batch in columns ``[start, stop)`` of the gathered matrices ``obs``
+        (float32, int64, bool): numeric columns as slices of them, categoricals as lazy strings
+        (from the host codes, no device read) and as code slices; each made when first read."""
+        numeric, codes, cats = self.numeric_slots, self.code_slots, self.plan.obs.categories
+
+        def value(key: str):
+            if key in cats:
+                return CategoryStrings(self.host_codes[key], rows, cats[key])
+            kind, i = numeric[key]
+            return obs[kind][i, start:stop]
+
+        return LazyColumns(self.obs_order, value), LazyColumns(
+            codes, lambda key: obs[1][codes[key], start:stop]
+        )
 
     def _error(self, code: int, row: int) -> DataValueError:
         """What the kernel reported for file ``row``, as an error naming it."""

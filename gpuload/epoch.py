@@ -10,21 +10,33 @@ in the consumer's thread (:meth:`~gpuload.device.Backend.hand_off`), just before
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import warnings
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numba
 
-from gpuload.assembly import BatchAssembler
+from gpuload.assembly import Assembled, BatchAssembler
 from gpuload.errors import GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.sampler import LoadRequest
 
 _END = object()
 _POLL_SECONDS = 0.1
+_RUNNING: weakref.WeakSet[EpochRun] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_running_epochs() -> None:
+    """At interpreter exit, end the threads of epochs nobody finished: a daemon thread still
+    inside a parallel numba kernel while the process tears down aborts it."""
+    for run in list(_RUNNING):
+        run.stop()
+        run.join()
 
 
 class EpochRun:
@@ -37,7 +49,7 @@ class EpochRun:
     fetcher, assembler
         The reader's and the assembler's work.
     prefetch
-        Batches the assembler may hold ready.
+        Super-batches the assembler may hold ready (besides the one being handed out).
     num_threads
         Threads of the CPU kernel.
     """
@@ -54,10 +66,15 @@ class EpochRun:
         self.requests, self.fetcher, self.assembler = requests, fetcher, assembler
         self.prefetch, self.num_threads = prefetch, num_threads
         self.stopped = threading.Event()
+        self.stages: list[Background] = []
 
     def stop(self) -> None:
         """End the threads at their next item (a new iteration ends an abandoned one)."""
         self.stopped.set()
+
+    def join(self) -> None:
+        for stage in self.stages:
+            stage.join()
 
     def __iter__(self) -> Iterator[dict]:
         backend, assembler = self.assembler.backend, self.assembler
@@ -66,27 +83,28 @@ class EpochRun:
             with backend.device_context():
                 yield from self.fetcher.blocks(self.requests)
 
-        def assemble_batches(groups: Background) -> Iterator[tuple]:
+        def assemble_batches(groups: Background) -> Iterator[Assembled]:
             numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
             with backend.device_context():
                 for block, request in groups:
                     for batches in assembler.super_batches(block, request.batches):
-                        assembled = assembler.assemble(block, batches)
-                        for batch in assembled.batches:
-                            yield batch, assembled.fence, assembled.buffers
-                        if assembled.error is not None:
-                            raise assembled.error
+                        yield assembler.assemble(block, batches)
 
         groups = Background(read_groups(), 1, "gpuload-reader", self.stopped)
         ready = Background(assemble_batches(groups), self.prefetch, "gpuload-assembler", self.stopped)
+        self.stages = [ready, groups]
+        _RUNNING.add(self)
         try:
-            for batch, fence, buffers in ready:
-                backend.hand_off(fence, buffers)
-                yield batch
+            for assembled in ready:  # a super-batch at a time: one queue hand-over, not one per batch
+                for batch in assembled.batches:
+                    backend.hand_off(assembled.fence, assembled.buffers)
+                    yield batch
+                if assembled.error is not None:  # raised after the batches before the bad row's
+                    raise assembled.error
         finally:
             self.stopped.set()
-            for stage in (ready, groups):
-                stage.join()
+            self.join()
+            _RUNNING.discard(self)
 
 
 @dataclass

@@ -27,7 +27,7 @@ import torch
 
 from gpuload.assembly import BatchAssembler, check_output
 from gpuload.checks import non_negative_int, positive_int
-from gpuload.device import ObsFrames, get_backend
+from gpuload.device import Backend, ObsFrames, get_backend
 from gpuload.epoch import EpochRun
 from gpuload.errors import ArgumentError
 from gpuload.fetch import BlockFetcher
@@ -69,7 +69,14 @@ class MultiomeLoader:
         ``None`` (values as stored), one spec for every modality, or ``{modality: spec}``; a
         spec is a name (``"log1p_size_factor"``, ``"normalize_total"``, ``"log1p"``,
         ``"binarize"``, ``"tfidf"``, ``"identity"``), a ``{"name": ..., **params}`` dict or a
-        :class:`~gpuload.plan.Transform`.
+        :class:`~gpuload.plan.Transform`. Statistics (totals, TF-IDF's column sums) are taken
+        over the selected cells and features.
+    features
+        Feature selection: ``None`` (every column), one spec for every modality, or
+        ``{modality: spec}``; a spec is a boolean mask over the modality's columns, a list of
+        var names, the name of a boolean var column (``"highly_variable"``) or ``{"top": k}``
+        (the k features nonzero in the most selected cells). Outputs are ``[B, k]`` in file
+        order; :meth:`var_names` names their columns (see :mod:`gpuload.plan.features`).
     obs_keys
         obs columns to deliver: ``None`` (all; for a single modality, its own and the shared
         ones) or a list.
@@ -77,15 +84,17 @@ class MultiomeLoader:
         Cells to use: a query string, boolean mask or integer indices; and/or the competition
         split by batch (``"train"``, ``"val"``, ``"test"``).
     device
-        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` (or ``"cudasim"`` in tests).
+        ``"auto"``, ``"cpu"``, ``"cuda"`` (the current GPU), ``"cuda:N"`` (or ``"cudasim"`` in
+        tests, or a :class:`~gpuload.device.Backend`).
     chunk_size, window
         Block-shuffle geometry (rows per contiguous read, chunks per shuffle window).
     prefetch
-        Batches the background reader may hold ready (memory is O(window + prefetch)).
+        Super-batches the assembler may hold ready beside the one being handed out (memory is
+        O(window + prefetch * super_batch_bytes)).
     num_threads
-        Threads of the CPU kernel (default: half the cores, leaving the rest to the model and
-        the reader thread; measured on 2 cores, 2 kernel threads were 2-3x slower than 1 as
-        soon as anything else ran).
+        Threads of the CPU kernel (default: every core; with super-batches of many rows, 2
+        threads on 2 cores measured 1.4-1.7x one). Training on the same CPU, leave the model
+        some (``gpuload train`` takes half).
     preload
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
@@ -118,13 +127,14 @@ class MultiomeLoader:
         modalities: str | Sequence[str] = ("GEX", "ATAC"),
         layer: str | None = None,
         transform=None,
+        features=None,
         obs_keys: Sequence[str] | None = None,
         subset=None,
         split: str | None = None,
-        device: str | torch.device = "auto",
+        device: str | torch.device | Backend = "auto",
         chunk_size: int = 256,
         window: int = 16,
-        prefetch: int = 4,
+        prefetch: int = 2,
         num_threads: int | None = None,
         preload: bool | str = "auto",
         pipeline: str = "native",
@@ -139,9 +149,8 @@ class MultiomeLoader:
     ) -> None:
         self.batch_size = positive_int("batch_size", batch_size)
         self.prefetch = positive_int("prefetch", prefetch)
-        # Half the cores by default: the rest are the model's (and the reader's).
-        if num_threads is None:
-            num_threads = max(1, (os.cpu_count() or 2) // 2)
+        if num_threads is None:  # every core: what the loader alone is fastest with
+            num_threads = os.cpu_count() or 1
         self.num_threads = positive_int("num_threads", num_threads)
         self.drop_last = bool(drop_last)
         seed = non_negative_int("seed", seed)
@@ -162,6 +171,7 @@ class MultiomeLoader:
                 self.store,
                 modalities=modalities,
                 transform=transform,
+                features=features,
                 obs_keys=obs_keys,
                 subset=subset,
                 split=split,
@@ -186,7 +196,7 @@ class MultiomeLoader:
                 self.positions,
                 preload,
                 counts_for=self.plan.layout if output == "sparse_csr" else None,
-                reserve=self.assembler.budget * (prefetch + 2),
+                reserve=self.assembler.budget * (self.prefetch + 2),
             )
         except BaseException:
             if owns_store:  # a loader that failed to build holds no handle on the file
@@ -210,6 +220,10 @@ class MultiomeLoader:
     def transforms(self):
         return self.plan.transforms
 
+    def var_names(self, modality: str) -> list[str]:
+        """The var names of ``batch[modality]``'s columns, in output order."""
+        return self.plan.var_names_of(modality)
+
     # -- DataLoader semantics ---------------------------------------------------------------
     def __len__(self) -> int:
         per_rank = self.epoch_sampler.per_rank
@@ -227,12 +241,7 @@ class MultiomeLoader:
 
     def categories(self, key: str) -> list[str]:
         """The category list behind ``batch["obs_codes"][key]``."""
-        categories = self.plan.obs.categories
-        if key not in categories:
-            raise ArgumentError(
-                f"obs column {key!r} is not a delivered categorical; those are {list(categories)}"
-            )
-        return categories[key]
+        return self.plan.categories_of(key)
 
     def state_dict(self) -> dict:
         """Where this rank is: enough for a fresh process to resume the same epoch exactly."""

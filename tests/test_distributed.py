@@ -22,7 +22,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("nproc", [2, 3])
+@pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3 ranks: test-all
 @pytest.mark.parametrize("drop_last", [False, True])
 def test_torchrun_shards(small_h5ad, tmp_path, nproc, drop_last):
     out = tmp_path / "ranks.json"

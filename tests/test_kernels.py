@@ -62,6 +62,7 @@ def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold
         row_scale=np.ascontiguousarray(np.broadcast_to(row_scale, (n_cells, len(groups))), dtype=np.float32),
         obs_keys=(),
         obs=ObsColumns.from_frame(pd.DataFrame(index=np.arange(n_cells).astype(str)), []),
+        var_names={n: [str(j) for j in c] for n, c in zip(layout.names, groups, strict=True)},
     )
     assembler = BatchAssembler(plan, backend, dtype=torch.float32, output="dense")
     if tile is not None:
@@ -328,9 +329,10 @@ def test_cuda_kernel_compiles_to_ptx():
 @pytest.mark.parametrize("face", FACES)
 def test_sparse_output_equals_dense_output(face, small_h5ad):
     """``output="sparse_csr"``: the same transformed values as the dense batch, as CSR."""
-    subset = np.arange(SIM_CELLS) if face == "cudasim" else None
+    # The simulator runs each of a sparse row's 32 lanes in Python: a third of SIM_CELLS.
+    subset = np.arange(SIM_CELLS // 3) if face == "cudasim" else None
     kwargs = dict(
-        batch_size=16,
+        batch_size=16 if face == "cpu" else 3,
         shuffle=True,
         seed=2,
         device=face,

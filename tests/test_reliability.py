@@ -729,7 +729,14 @@ def _same_size(base: Path, folder: Path) -> Path:
     return edited(base, folder, change_values, "same-size.h5ad")
 
 
-@pytest.mark.parametrize("how", ["copied-over-larger", "copied-over-same-size", "truncated"])
+@pytest.mark.parametrize(
+    "how",  # the same-size copy (only fstat tells it apart) runs always; the others in test-all
+    [
+        pytest.param("copied-over-larger", marks=pytest.mark.slow),
+        "copied-over-same-size",
+        pytest.param("truncated", marks=pytest.mark.slow),
+    ],
+)
 def test_file_overwritten_in_place_mid_epoch(base, tmp_path, how):
     """``cp other.h5ad FILE`` (a larger file, or one of the same size and layout) or a
     truncation while FILE is read: an InputFileError naming the file, before any batch mixes in

@@ -48,7 +48,7 @@ class HostBufferPool:
     array, so a refcount at its baseline means no batch the user still holds shares its memory.
     """
 
-    def __init__(self, max_buffers: int = 16) -> None:
+    def __init__(self, max_buffers: int = 6) -> None:
         self.max_buffers = max_buffers
         self._buffers: list[np.ndarray] = []
         self._lock = threading.Lock()
@@ -114,9 +114,9 @@ class Backend:
         return out
 
     def _output(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        if self.streams:  # the caching allocator: record_stream keeps a batch's memory from reuse
+        if self.on_gpu:  # the caching allocator: record_stream keeps a batch's memory from reuse
             return torch.empty(n, dtype=dtype, device=self.torch_device)
-        return self.host_pool.take(n, dtype)
+        return self.host_pool.take(n, dtype)  # host memory: recycled once no batch views it
 
     def upload(self, host: np.ndarray, name: str) -> torch.Tensor:
         """``host`` where the kernels read it (no copy on the CPU)."""
@@ -181,12 +181,20 @@ class Backend:
 
 
 class SimulatedCudaBackend(Backend):
-    """The ``cudasim`` face: the cuda orchestration on host memory with simulated streams."""
+    """The ``cudasim`` face: the cuda orchestration on host memory with simulated streams.
+
+    ``kernels="simulator"`` runs the CUDA kernels in numba's simulator (what the tests check);
+    ``kernels="cpu"`` runs their CPU twins instead, for measuring the orchestration's own host
+    cost without the simulator's (benchmarks/orchestration.py).
+    """
 
     name = "cudasim"
     streams = True
 
-    def __init__(self) -> None:
+    def __init__(self, kernels: str = "simulator") -> None:
+        if kernels not in ("simulator", "cpu"):
+            raise ValueError(f"kernels must be 'simulator' or 'cpu', got {kernels!r}")
+        self.kernels = kernels
         super().__init__(torch.device("cpu"))
         self._current = threading.local()
         self._events = itertools.count(1)
@@ -221,6 +229,8 @@ class SimulatedCudaBackend(Backend):
         self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes)
 
     def _run_kernel(self, kernel: str, n_rows: int, width: int, args: tuple) -> None:
+        if self.kernels == "cpu":
+            return super()._run_kernel(kernel, n_rows, width, args)
         from gpuload.kernels import cuda as cuda_kernels
 
         kernel_function = getattr(cuda_kernels, kernel)
@@ -239,8 +249,7 @@ class SimulatedCudaBackend(Backend):
 
     def hand_off(self, fence, tensors: Sequence[torch.Tensor]) -> None:
         self.note("wait", f"event #{fence}")
-        for _ in tensors:
-            self.note("record_stream", "batch")
+        self.note("record_stream", "batch", len(tensors))
 
 
 class CudaBackend(Backend):
@@ -341,7 +350,7 @@ class CudaBackend(Backend):
     def hand_off(self, fence, tensors: Sequence[torch.Tensor]) -> None:
         consumer = torch.cuda.current_stream(self.torch_device)
         consumer.wait_event(fence)
-        self.note("wait", "event")
         for tensor in tensors:
             tensor.record_stream(consumer)
-            self.note("record_stream", "batch")
+        self.note("wait", "event")
+        self.note("record_stream", "batch", len(tensors))

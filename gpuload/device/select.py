@@ -42,9 +42,12 @@ def gpu_available() -> bool:
         return False
 
 
-def get_backend(device: str | torch.device = "auto") -> Backend:
+def get_backend(device: str | torch.device | Backend = "auto") -> Backend:
     """The backend for ``device``: ``"auto"`` (the current GPU if one is usable, else cpu),
-    ``"cpu"``, ``"cuda"``/``"cuda:N"``, or ``"cudasim"`` (tests: needs ``NUMBA_ENABLE_CUDASIM=1``)."""
+    ``"cpu"``, ``"cuda"``/``"cuda:N"``, ``"cudasim"`` (tests: needs ``NUMBA_ENABLE_CUDASIM=1``),
+    or a :class:`Backend` already made."""
+    if isinstance(device, Backend):
+        return device
     device = str(device)
     if device == "auto":
         device = "cuda" if gpu_available() else "cpu"

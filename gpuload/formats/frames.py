@@ -32,8 +32,8 @@ def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
     return obs
 
 
-def read_modalities(f: h5py.File, key: str, n_vars: int, where: str) -> dict[str, Modality]:
-    """Each modality's columns, told apart by the var column ``key`` (e.g. ``feature_types``)."""
+def read_var(f: h5py.File, where: str) -> pd.DataFrame:
+    """The var frame (one row per full-width column) via anndata's element registry."""
     from anndata.io import read_elem
 
     if "var" not in f:
@@ -42,6 +42,14 @@ def read_modalities(f: h5py.File, key: str, n_vars: int, where: str) -> dict[str
         var = read_elem(f["var"])
     except Exception as e:  # anndata raises many kinds on a malformed frame
         raise SchemaError(f"{where}: var cannot be read as an AnnData dataframe ({e})") from e
+    if not isinstance(var, pd.DataFrame):
+        raise SchemaError(f"{where}: var is a {type(var).__name__}; expected an AnnData dataframe")
+    var.index = var.index.astype(str)
+    return var
+
+
+def modalities_of(var: pd.DataFrame, key: str, n_vars: int, where: str) -> dict[str, Modality]:
+    """Each modality's columns, told apart by the var column ``key`` (e.g. ``feature_types``)."""
     if key not in var.columns:
         raise SchemaError(
             f"{where}: var has no column {key!r} to tell modalities apart (var columns: {list(var.columns)})"

@@ -18,7 +18,7 @@ import scipy.sparse as sp
 
 from gpuload.errors import ArgumentError, GpuloadError, InputFileError, SchemaError
 from gpuload.formats.encoding import ROW_READERS, encoding_of, shape_of
-from gpuload.formats.frames import read_modalities, read_obs
+from gpuload.formats.frames import modalities_of, read_obs, read_var
 from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader, kernel_values
 
 if TYPE_CHECKING:
@@ -41,11 +41,12 @@ class MultiomeStore:
         shape: tuple[int, int],
         modalities: dict[str, Modality],
         obs: pd.DataFrame,
+        var: pd.DataFrame,
         reader: RowReader,
     ) -> None:
         self.path, self._file, self.key, self.encoding = path, file, key, encoding
         self.n_cells, self.n_vars = shape
-        self.modalities, self.obs = modalities, obs
+        self.modalities, self.obs, self.var = modalities, obs, var
         self.reader = reader  # the encoding's row reader (see gpuload.formats.encoding)
         self.layers = list(file["layers"].keys()) if "layers" in file else []
 
@@ -164,7 +165,8 @@ def open_multiome(
         where = f"{path}:{key}"
         encoding = encoding_of(node, where)
         shape = shape_of(node, encoding, where)
-        modalities = read_modalities(file, modality_key, shape[1], str(path))
+        var = read_var(file, str(path))
+        modalities = modalities_of(var, modality_key, shape[1], str(path))
         obs = read_obs(file, path)
         if len(obs) != shape[0]:
             raise SchemaError(f"{path}: obs has {len(obs)} rows but {key} has {shape[0]}")
@@ -178,4 +180,4 @@ def open_multiome(
     except BaseException:
         file.close()
         raise
-    return MultiomeStore(path, file, key, encoding, shape, modalities, obs, reader)
+    return MultiomeStore(path, file, key, encoding, shape, modalities, obs, var, reader)

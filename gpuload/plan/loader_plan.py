@@ -1,8 +1,9 @@
 """The loader's plan: everything decided once, before the first batch, and never changed after.
 
-Which modalities and cells, where each column goes, which transform each modality gets with the
-per-cell scales and per-column weights it needs, and which obs columns ride along. The plan holds
-host (numpy) arrays only; the assembler moves what the kernels read to the device.
+Which modalities and cells, which features of each (feature selection), where each column goes,
+which transform each modality gets with the per-cell scales and per-column weights it needs, and
+which obs columns ride along. The plan holds host (numpy) arrays only; the assembler moves what
+the kernels read to the device.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import numpy as np
 
 from gpuload.errors import ArgumentError
 from gpuload.formats import Modality, MultiomeStore
+from gpuload.plan.features import needs_counts, parse_feature_specs, select_features
 from gpuload.plan.layout import Layout, column_destinations
 from gpuload.plan.obs import ObsColumns, query_mask, select_columns, subset_positions
-from gpuload.plan.stats import compute_stats
+from gpuload.plan.stats import DatasetStats, compute_stats
 from gpuload.plan.transforms import Transform, parse_transform
 
 ALL = "all"
@@ -28,17 +30,32 @@ class LoaderPlan:
 
     where: str  # "path:key", for messages
     n_vars: int
-    modalities: tuple[Modality, ...]
+    modalities: tuple[Modality, ...]  # after feature selection: the delivered columns
     positions: np.ndarray  # the selected file rows, sorted
     transforms: dict[str, Transform]
     layout: Layout  # numpy arrays
     row_scale: np.ndarray  # [n_cells, n_modalities] float32
     obs_keys: tuple[str, ...]  # the delivered obs columns, in order
     obs: ObsColumns
+    var_names: dict[str, list[str]]  # modality -> the names of its delivered columns, in order
 
     @property
     def names(self) -> tuple[str, ...]:
         return self.layout.names
+
+    def var_names_of(self, modality: str) -> list[str]:
+        """The var names of a loaded modality's output columns."""
+        if modality not in self.var_names:
+            raise ArgumentError(f"modality {modality!r} is not loaded; loaded: {list(self.names)}")
+        return self.var_names[modality]
+
+    def categories_of(self, key: str) -> list[str]:
+        """The category list of a delivered categorical obs column."""
+        if key not in self.obs.categories:
+            raise ArgumentError(
+                f"obs column {key!r} is not a delivered categorical; those are {list(self.obs.categories)}"
+            )
+        return self.obs.categories[key]
 
 
 def build_plan(
@@ -46,6 +63,7 @@ def build_plan(
     *,
     modalities: str | Sequence[str] = ("GEX", "ATAC"),
     transform=None,
+    features=None,
     obs_keys: Sequence[str] | None = None,
     subset=None,
     split: str | None = None,
@@ -53,12 +71,23 @@ def build_plan(
 ) -> LoaderPlan:
     """Resolve the loader's selection options against ``store`` (arguments as
     :class:`~gpuload.loader.MultiomeLoader`; ``query(obs, expression)`` evaluates a ``subset``
-    query string); reads the file once when a transform needs column statistics."""
+    query string).
+
+    Reads the selected cells once when a ``{"top": k}`` feature spec needs nonzero counts, and
+    once (again) when a transform needs statistics over the selected features.
+    """
     mods = resolve_modalities(store, modalities)
+    names = [m.name for m in mods]
     positions = subset_positions(store.obs, subset, split, store.path, query)
-    keys = select_columns(store.obs, obs_keys, [m.name for m in mods], store.path)
-    transforms = parse_transforms(transform, [m.name for m in mods])
-    layout, row_scale = prepare_layout(store, mods, transforms, positions)
+    keys = select_columns(store.obs, obs_keys, names, store.path)
+    transforms = parse_transforms(transform, names)
+    specs = parse_feature_specs(features, names)
+    counted = compute_stats(store, positions, mods) if needs_counts(specs) else None
+    nonzero = None if counted is None else counted.col_nonzero
+    mods = [select_features(m, specs[m.name], store.var, nonzero, str(store.path)) for m in mods]
+    needs_stats = any(t.needs_stats for t in transforms.values())
+    stats = compute_stats(store, positions, mods) if needs_stats else None
+    layout, row_scale = prepare_layout(store, mods, transforms, positions, stats)
     return LoaderPlan(
         where=f"{store.path}:{store.key}",
         n_vars=store.n_vars,
@@ -68,7 +97,8 @@ def build_plan(
         layout=layout,
         row_scale=row_scale,
         obs_keys=tuple(keys),
-        obs=ObsColumns.from_frame(store.obs, keys),
+        obs=ObsColumns.from_frame(store.obs, keys, str(store.path)),
+        var_names={m.name: store.var.index[m.columns].tolist() for m in mods},
     )
 
 
@@ -104,10 +134,14 @@ def parse_transforms(transform, names: list[str]) -> dict[str, Transform]:
 
 
 def prepare_layout(
-    store: MultiomeStore, modalities: list[Modality], transforms: dict[str, Transform], positions: np.ndarray
+    store: MultiomeStore,
+    modalities: list[Modality],
+    transforms: dict[str, Transform],
+    positions: np.ndarray,
+    stats: DatasetStats | None,
 ) -> tuple[Layout, np.ndarray]:
-    """Column routing, per-modality codes and per-cell scales, computed once."""
-    stats = compute_stats(store, positions) if any(t.needs_stats for t in transforms.values()) else None
+    """Column routing, per-modality codes and per-cell scales, computed once (``stats``: over
+    the selected cells and features, when a transform needs them)."""
     col_weight = np.ones(store.n_vars, dtype=np.float32)
     row_scale = np.ones((store.n_cells, len(modalities)), dtype=np.float32)
     codes, thresholds = [], []

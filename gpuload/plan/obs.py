@@ -130,29 +130,22 @@ class ObsColumns:
     categories: dict[str, list[str]]
 
     @classmethod
-    def from_frame(cls, obs: pd.DataFrame, keys: list[str]) -> ObsColumns:
+    def from_frame(cls, obs: pd.DataFrame, keys: list[str], where: str = "obs") -> ObsColumns:
+        """Pack ``obs[keys]``; ``where`` (the file) names a column that cannot be batched."""
         columns: dict[str, list] = {"float": [], "int": [], "code": [], "bool": []}
         names: dict[str, list[str]] = {kind: [] for kind in columns}
         numeric, categories = [], {}
         for k in keys:
-            col = obs[k]
-            dtype = col.dtype
-            if (
-                isinstance(dtype, pd.CategoricalDtype)
-                or pd.api.types.is_object_dtype(dtype)
-                or pd.api.types.is_string_dtype(dtype)
-            ):
-                cat = col.astype("category")
-                kind, values = "code", cat.cat.codes.to_numpy().astype(np.int64)
-                categories[k] = [str(c) for c in cat.cat.categories]
-            elif pd.api.types.is_bool_dtype(dtype):
-                kind, values = "bool", col.to_numpy(dtype=bool, na_value=False).astype(np.uint8)
-            elif pd.api.types.is_integer_dtype(dtype) and not col.isna().any():
-                kind, values = "int", col.to_numpy(dtype=np.int64)
-            elif pd.api.types.is_numeric_dtype(dtype):
-                kind, values = "float", col.to_numpy(dtype=np.float32, na_value=np.nan)
-            else:
-                raise SchemaError(f"obs column {k!r} has dtype {dtype}, which gpuload cannot batch")
+            try:
+                kind, values, column_categories = _column_values(obs[k])
+            except (TypeError, ValueError, NotImplementedError) as e:  # pandas on a malformed column
+                raise SchemaError(f"{where}: obs column {k!r} cannot be batched ({e})") from e
+            if values.shape != (len(obs),):
+                raise SchemaError(
+                    f"{where}: obs column {k!r} has shape {values.shape}; expected ({len(obs)},)"
+                )
+            if column_categories is not None:
+                categories[k] = column_categories
             columns[kind].append(values)
             names[kind].append(k)
             if kind != "code":
@@ -176,3 +169,22 @@ class ObsColumns:
     def codes(self, key: str) -> np.ndarray:
         """The host codes of categorical ``key`` for every cell."""
         return self.ints[len(self.int_keys) + self.code_keys.index(key)]
+
+
+def _column_values(col: pd.Series) -> tuple[str, np.ndarray, list[str] | None]:
+    """(kind, values, categories) of one obs column: how :class:`ObsColumns` packs it."""
+    dtype = col.dtype
+    if (
+        isinstance(dtype, pd.CategoricalDtype)
+        or pd.api.types.is_object_dtype(dtype)
+        or pd.api.types.is_string_dtype(dtype)
+    ):
+        cat = col.astype("category")
+        return "code", cat.cat.codes.to_numpy().astype(np.int64), [str(c) for c in cat.cat.categories]
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool", col.to_numpy(dtype=bool, na_value=False).astype(np.uint8), None
+    if pd.api.types.is_integer_dtype(dtype) and not col.isna().any():
+        return "int", col.to_numpy(dtype=np.int64), None
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "float", col.to_numpy(dtype=np.float32, na_value=np.nan), None
+    raise SchemaError(f"obs column {col.name!r} has dtype {dtype}, which gpuload cannot batch")

@@ -22,7 +22,7 @@ from sklearn.metrics import (
     silhouette_score,
 )
 
-from gpuload.reference.models import MultiomeVAE, log_normalize, size_factors_of
+from gpuload.reference.models import MultiomeVAE, as_dense, log_normalize, size_factors_of
 
 if TYPE_CHECKING:
     from gpuload.loader import MultiomeLoader
@@ -81,16 +81,17 @@ def evaluate(
     posteriors: dict[str, list] = {"joint": [], "gex": [], "atac": []}
     cell_types, batches = [], []
     for batch in loader:
-        gex, atac, codes = batch["GEX"], batch["ATAC"], batch["obs_codes"]["batch"]
+        gex_in, atac_in, codes = batch["GEX"], batch["ATAC"], batch["obs_codes"]["batch"]
+        gex, atac = as_dense(gex_in), as_dense(atac_in)  # the targets; the model reads either
         size_factors = size_factors_of(batch)
         target = log_normalize(gex, size_factors)
-        predicted = model.predict_gex_from_atac(atac, codes, gex.sum(-1), size_factors)
+        predicted = model.predict_gex_from_atac(atac_in, codes, gex.sum(-1), size_factors)
         squared["gex"] += (predicted - target).square().sum()
         squared["gex_base"] += (gex_mean - target).square().sum()
-        squared["atac"] += (model.predict_atac_from_gex(gex, codes) - atac).square().sum()
+        squared["atac"] += (model.predict_atac_from_gex(gex_in, codes) - atac).square().sum()
         squared["atac_base"] += (atac_mean - atac).square().sum()
         n_gex, n_atac = n_gex + target.numel(), n_atac + atac.numel()
-        for name, (mean, var) in model.posteriors(gex, atac).items():
+        for name, (mean, var) in model.posteriors(gex_in, atac_in).items():
             posteriors[name].append(torch.stack([mean, var]).cpu())
         cell_types += batch["obs"]["cell_type"]
         batches += batch["obs"]["batch"]

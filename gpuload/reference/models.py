@@ -10,6 +10,10 @@ cross-modal prediction and matching work.
 Likelihoods: negative binomial on raw GEX counts (or Gaussian on log-normalized GEX) and
 Bernoulli on binarized ATAC. Decoders see the batch; encoders do not, so the latent space is
 encouraged to be batch-free.
+
+Inputs may be dense or sparse CSR (``MultiomeLoader(output="sparse_csr")``): an encoder's first
+layer is then a sparse x dense product, whose cost scales with the stored values rather than the
+width; the likelihoods read the targets densified.
 """
 
 from __future__ import annotations
@@ -40,10 +44,32 @@ def log_normalize(counts: Tensor, size_factors: Tensor) -> Tensor:
     return torch.log1p(counts / size_factors[:, None])
 
 
+def is_sparse(x: Tensor) -> bool:
+    return x.layout == torch.sparse_csr
+
+
+def as_dense(x: Tensor) -> Tensor:
+    """A dense view of a loader matrix (sparse CSR batches are densified)."""
+    return x.to_dense() if is_sparse(x) else x
+
+
+def library_sizes(counts: Tensor) -> Tensor:
+    """Each cell's total count, [B] (dense or sparse CSR counts)."""
+    if is_sparse(counts):
+        return torch.segment_reduce(counts.values(), "sum", offsets=counts.crow_indices())
+    return counts.sum(-1)
+
+
 def _encoder_input(counts: Tensor) -> Tensor:
-    """What the GEX encoder sees: log1p of counts per 10,000, so depth does not move ``z``."""
-    library = counts.sum(-1, keepdim=True).clamp_min(1.0)
-    return torch.log1p(counts / library * COUNTS_PER_CELL)
+    """What the GEX encoder sees: log1p of counts per 10,000, so depth does not move ``z``.
+    Sparse CSR counts stay sparse (log1p keeps zeros zero)."""
+    scale = COUNTS_PER_CELL / library_sizes(counts).clamp_min(1.0)
+    if not is_sparse(counts):
+        return torch.log1p(counts * scale[:, None])
+    crow, col = counts.crow_indices(), counts.col_indices()
+    row_of_value = torch.repeat_interleave(scale, crow.diff())
+    values = torch.log1p(counts.values() * row_of_value)
+    return torch.sparse_csr_tensor(crow, col, values, counts.shape)
 
 
 def product_of_experts(experts: list[Posterior]) -> Posterior:
@@ -78,12 +104,12 @@ def negative_binomial_log_prob(x: Tensor, log_mean: Tensor, log_theta: Tensor) -
 
 
 class _Encoder(nn.Module):
-    """x -> N(mean, variance) over the latent space."""
+    """x -> N(mean, variance) over the latent space; x dense or sparse CSR."""
 
     def __init__(self, n_in: int, hidden: int, latent_dim: int) -> None:
         super().__init__()
+        self.first = nn.Linear(n_in, hidden)
         self.body = nn.Sequential(
-            nn.Linear(n_in, hidden),
             nn.LayerNorm(hidden),
             nn.ReLU(),
             nn.Linear(hidden, hidden),
@@ -94,7 +120,9 @@ class _Encoder(nn.Module):
         self.log_var = nn.Linear(hidden, latent_dim)
 
     def forward(self, x: Tensor) -> Posterior:
-        h = self.body(x)
+        # A sparse x dense product touches only the weight rows of stored values.
+        first = torch.sparse.mm(x, self.first.weight.t()) + self.first.bias if is_sparse(x) else self.first(x)
+        h = self.body(first)
         # Clamped so that a confident expert cannot drown the PoE in an infinite precision.
         return self.mean(h), self.log_var(h).clamp(-8.0, 8.0).exp()
 
@@ -206,6 +234,10 @@ class MultiomeVAE(nn.Module):
         logits = self.atac_decoder(z, batch_codes)
         return -F.binary_cross_entropy_with_logits(logits, atac, reduction="none").sum(-1)
 
+    def forward(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss (see :meth:`loss`); ``forward`` so that DistributedDataParallel wraps it."""
+        return self.loss(batch)
+
     def loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         """Negative ELBO per cell, averaged over the batch, and its terms (detached, so the
         caller decides when to pay for a device sync).
@@ -216,19 +248,20 @@ class MultiomeVAE(nn.Module):
         Parameters
         ----------
         batch
-            A :class:`gpuload.MultiomeLoader` batch: ``"GEX"`` raw counts, ``"ATAC"`` binary,
-            ``batch["obs_codes"]["batch"]``, and (Gaussian likelihood only) the size factors
-            in ``batch["obs"]``.
+            A :class:`gpuload.MultiomeLoader` batch: ``"GEX"`` raw counts, ``"ATAC"`` binary
+            (dense or sparse CSR), ``batch["obs_codes"]["batch"]``, and (Gaussian likelihood
+            only) the size factors in ``batch["obs"]``.
         """
         gex, atac = batch["GEX"], batch["ATAC"]
+        gex_target, atac_target = as_dense(gex), as_dense(atac)
         batch_codes = batch["obs_codes"]["batch"]
         size_factors = size_factors_of(batch) if self.gex_likelihood == "gaussian" else None
         terms: dict[str, Tensor] = {}
         for name, (mean, var) in self.posteriors(gex, atac).items():
             z = mean + var.sqrt() * torch.randn_like(mean)
-            gex_log_prob = self._gex_log_prob(z, batch_codes, gex, size_factors)
+            gex_log_prob = self._gex_log_prob(z, batch_codes, gex_target, size_factors)
             terms[f"gex_from_{name}"] = -gex_log_prob.mean()
-            terms[f"atac_from_{name}"] = -self._atac_log_prob(z, batch_codes, atac).mean()
+            terms[f"atac_from_{name}"] = -self._atac_log_prob(z, batch_codes, atac_target).mean()
             terms[f"kl_{name}"] = kl_to_prior((mean, var)).mean()
         total = sum(terms.values())
         return total, {name: value.detach() for name, value in terms.items()}
