@@ -152,8 +152,9 @@ def load_requests(
     """
     per_group = max(1, (chunk_size * window) // batch_size)
     starts = [0, *range(1, len(batches), per_group)] if batches else []
+    stops = [*starts[1:], len(batches)] if batches else []
     requests = []
-    for start, stop in zip(starts, [*starts[1:], len(batches)], strict=True):
+    for start, stop in zip(starts, stops, strict=True):
         group = batches[start:stop]
         rows = np.unique(np.concatenate(group))
         chunks = np.unique(np.searchsorted(positions, rows) // chunk_size)

@@ -114,7 +114,7 @@ def test_shuffled_batches_hold_the_right_rows(small_h5ad, small_adata):
         assert b["obs"]["cell_type"] == list(small_adata.obs["cell_type"].astype(str).iloc[rows])
 
 
-@pytest.mark.parametrize("stop_after", [0, 1, 5, 9])
+@pytest.mark.parametrize("stop_after", [0, 1, 5, 9, 10])  # 10: after the last batch
 def test_resume_mid_epoch_in_a_fresh_loader(small_h5ad, stop_after):
     kwargs = dict(batch_size=64, shuffle=True, seed=11, device="cpu", obs_keys=[], chunk_size=32, window=2)
     uninterrupted = MultiomeLoader(small_h5ad, **kwargs)
