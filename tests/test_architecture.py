@@ -32,6 +32,9 @@ LAYERS = {
     "loader": 8,
     "integrations": 9,
     "reference": 9,
+    # gpuload.lightning / gpuload.scvi: the public names of those integrations (re-exports).
+    "lightning": 10,
+    "scvi": 10,
     "cli": 10,
     "__init__": 11,
     "__main__": 12,

@@ -1,4 +1,4 @@
-"""The loader is a drop-in for DataLoader inside Lightning (examples/lightning_datamodule.py)."""
+"""examples/lightning_datamodule.py trains through gpuload.lightning.MultiomeDataModule."""
 
 from __future__ import annotations
 
@@ -26,5 +26,5 @@ def test_lightning_datamodule_example_trains(small_h5ad, tmp_path):
         enable_checkpointing=False,
     )
     assert trainer.state.finished
-    assert trainer.global_step == len(example.MultiomeDataModule(str(small_h5ad)).train_dataloader())
+    assert trainer.global_step == len(trainer.datamodule.train_dataloader())
     assert trainer.callback_metrics["val_loss"].isfinite()
