@@ -90,3 +90,15 @@ def _cache_dir(tmp_path, monkeypatch):
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models gain nothing from intra-op threads, and on a busy 2-core runner OpenMP's
+    spinning threads make a training step several times slower: one torch thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

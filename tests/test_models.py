@@ -24,14 +24,7 @@ from gpuload.reference.train import split_cells, train
 N_GENES, N_PEAKS, N_BATCHES = 40, 60, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """These models are tiny: intra-op threads gain nothing, and on a busy 2-core runner
-    OpenMP's spinning threads make a training step several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _fake_batch(n_cells: int = 32, seed: int = 0) -> dict:

@@ -19,13 +19,7 @@ TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summa
 LOADER = {"num_threads": 1, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The machine is shared: one torch thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

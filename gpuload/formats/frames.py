@@ -17,35 +17,30 @@ KNOWN_MODALITIES = ("GEX", "ATAC", "ADT")
 
 
 def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
-    """The obs frame via anndata's element registry (categoricals, nullable ints, strings)."""
-    from anndata.io import read_elem
-
-    if "obs" not in f:
-        raise SchemaError(f"{path}: no 'obs' group; expected an AnnData .h5ad")
-    try:
-        obs = read_elem(f["obs"])
-    except Exception as e:  # anndata raises many kinds on a malformed frame
-        raise SchemaError(f"{path}: obs cannot be read as an AnnData dataframe ({e})") from e
-    if not isinstance(obs, pd.DataFrame):
-        raise SchemaError(f"{path}: obs is a {type(obs).__name__}; expected an AnnData dataframe")
-    obs.index = obs.index.astype(str)
-    return obs
+    """The obs frame (one row per cell)."""
+    return _read_frame(f, "obs", str(path), "expected an AnnData .h5ad")
 
 
 def read_var(f: h5py.File, where: str) -> pd.DataFrame:
-    """The var frame (one row per full-width column) via anndata's element registry."""
+    """The var frame (one row per full-width column)."""
+    return _read_frame(f, "var", where, "so modalities cannot be told apart")
+
+
+def _read_frame(f: h5py.File, name: str, where: str, why: str) -> pd.DataFrame:
+    """A dataframe element via anndata's element registry (categoricals, nullable ints, strings,
+    and the old-format layouts that keep categories apart from the codes), index as text."""
     from anndata.io import read_elem
 
-    if "var" not in f:
-        raise SchemaError(f"{where}: no 'var' group, so modalities cannot be told apart")
-    try:  # the whole frame: old-format files keep categories apart from the codes
-        var = read_elem(f["var"])
+    if name not in f:
+        raise SchemaError(f"{where}: no {name!r} group; {why}")
+    try:
+        frame = read_elem(f[name])
     except Exception as e:  # anndata raises many kinds on a malformed frame
-        raise SchemaError(f"{where}: var cannot be read as an AnnData dataframe ({e})") from e
-    if not isinstance(var, pd.DataFrame):
-        raise SchemaError(f"{where}: var is a {type(var).__name__}; expected an AnnData dataframe")
-    var.index = var.index.astype(str)
-    return var
+        raise SchemaError(f"{where}: {name} cannot be read as an AnnData dataframe ({e})") from e
+    if not isinstance(frame, pd.DataFrame):
+        raise SchemaError(f"{where}: {name} is a {type(frame).__name__}; expected an AnnData dataframe")
+    frame.index = frame.index.astype(str)
+    return frame
 
 
 def modalities_of(var: pd.DataFrame, key: str, n_vars: int, where: str) -> dict[str, Modality]:

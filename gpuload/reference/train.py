@@ -37,8 +37,8 @@ TEST_FRACTION = 0.2
 LEARNING_RATE = 1e-3
 # Chosen by measurement on 3,000-5,000-cell synthetic files on a 2-core CPU (see the README).
 DEFAULT_FEATURES = {"GEX": {"top": 2000}, "ATAC": {"top": 10000}}
-DEFAULT_EPOCHS = 5
-DEFAULT_BATCH_SIZE = 256
+DEFAULT_EPOCHS = 10
+DEFAULT_BATCH_SIZE = 128
 DEFAULT_HIDDEN = 256
 DEFAULT_LATENT = 16
 INPUTS = ("dense", "sparse_csr")
