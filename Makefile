@@ -38,11 +38,15 @@ demo: $(VENV)/.installed-base
 
 # NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, so the
 # whole CPU test session runs with the simulator on; CPU twins are unaffected.
+# pytest-xdist runs one worker per core, a test file per worker (module fixtures built once):
+# many tests wait on subprocesses (torchrun, the CLI, the fuzz worker), so 2 cores finish the
+# suite in about 60% of the serial time.
+PYTEST_WORKERS ?= -n auto --dist loadfile
 test: $(VENV)/.installed-dev
-	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q $(PYTEST_WORKERS)
 
 test-all: $(VENV)/.installed-dev
-	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q -m "slow or not slow"
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/python -m pytest -q $(PYTEST_WORKERS) -m "slow or not slow"
 
 test-gpu: $(VENV)/.installed-dev
 	$(BIN)/python -m pytest -q -m gpu

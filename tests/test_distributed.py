@@ -23,7 +23,7 @@ def _free_port() -> int:
 
 
 @pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3 ranks: test-all
-@pytest.mark.parametrize("drop_last", [False, True])
+@pytest.mark.parametrize("drop_last", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_torchrun_shards(small_h5ad, tmp_path, nproc, drop_last):
     out = tmp_path / "ranks.json"
     cmd = [
@@ -82,6 +82,7 @@ def test_torchrun_training(small_h5ad, tmp_path):
         "cpu",
         "--out",
         str(out),
+        "--no-umap",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)

@@ -569,7 +569,7 @@ def fuzzer(tmp_path_factory):
 
 
 FAST = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )
 LONG = settings(FAST, max_examples=2000)
 templates = st.sampled_from(TEMPLATES)
@@ -596,14 +596,14 @@ def test_worker_survives_a_crash_and_a_hang(fuzzer):
     assert verdict["loader"]["outcome"] == "ok"
 
 
-@settings(FAST, max_examples=100)
+@settings(FAST, max_examples=50)
 @given(template=templates, mutations=st.lists(flips, min_size=1, max_size=8), kwargs=loader_kwargs)
 def test_byte_flips(fuzzer, template, mutations, kwargs):
     """Bytes flipped anywhere, in the HDF5 metadata or in one dataset's storage."""
     fuzzer.check(template, mutations, kwargs)
 
 
-@settings(FAST, max_examples=25)
+@settings(FAST, max_examples=15)
 @given(template=templates, change=length_changes, kwargs=loader_kwargs)
 def test_cut_or_extended_files(fuzzer, template, change, kwargs):
     """A file cut at any length or with trailing garbage."""

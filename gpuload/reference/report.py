@@ -11,23 +11,27 @@ import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.decomposition import PCA
 
-PLOTS = {"embedding.png": "PCA", "umap.png": "UMAP"}
+PLOTS = {"PCA": "embedding.png", "UMAP": "umap.png"}
 
 
 def plot_embedding(
-    embedding: np.ndarray, cell_types: np.ndarray, batches: np.ndarray, out_dir: Path, seed: int
+    embedding: np.ndarray,
+    cell_types: np.ndarray,
+    batches: np.ndarray,
+    out_dir: Path,
+    seed: int,
+    with_umap: bool = True,
 ) -> None:
     """The joint embedding in two dimensions, by cell type and by batch: its first two principal
-    components (``embedding.png``) and a UMAP (``umap.png``, umap-learn, seeded)."""
-    import umap  # imported here: it compiles numba code on import
+    components (``embedding.png``) and a UMAP (``umap.png``, umap-learn, seeded; it compiles
+    for ~20 s on first use in a process, hence ``with_umap``)."""
+    coordinates = {"PCA": PCA(n_components=2).fit_transform(embedding)}
+    if with_umap:
+        import umap  # imported here: it compiles numba code
 
-    coordinates = {
-        "PCA": PCA(n_components=2).fit_transform(embedding),
-        "UMAP": umap.UMAP(n_neighbors=15, random_state=seed).fit_transform(embedding),
-    }
+        coordinates["UMAP"] = umap.UMAP(n_neighbors=15, random_state=seed).fit_transform(embedding)
     colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
-    for file, method in PLOTS.items():
-        xy = coordinates[method]
+    for method, xy in coordinates.items():
         fig, axes = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
         for ax, labels, title in ((axes[0], cell_types, "cell type"), (axes[1], batches, "batch")):
             for i, label in enumerate(np.unique(labels)):
@@ -39,7 +43,7 @@ def plot_embedding(
                 ylabel=f"{method} 2",
             )
             ax.legend(fontsize=7, markerscale=3, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
-        fig.savefig(out_dir / file, dpi=120)
+        fig.savefig(out_dir / PLOTS[method], dpi=120)
         plt.close(fig)
 
 
@@ -84,12 +88,20 @@ def write_report(metrics: dict, path: Path) -> None:
         "ATAC -> GEX with the NB likelihood averages NB draws at each held-out cell's GEX library size",
         "and size factor (its sequencing depth, none of its expression values).",
         "",
-        "| PCA | UMAP |",
-        "|---|---|",
-        "| ![held-out joint embedding, PCA](embedding.png) | ![held-out joint embedding, UMAP](umap.png) |",
+        *_plot_lines(path.parent),
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def _plot_lines(out_dir: Path) -> list[str]:
+    """The plots that were drawn, side by side."""
+    drawn = [(method, file) for method, file in PLOTS.items() if (out_dir / file).exists()]
+    return [
+        "| " + " | ".join(method for method, _ in drawn) + " |",
+        "|" + "---|" * len(drawn),
+        "| " + " | ".join(f"![held-out joint embedding, {m}]({f})" for m, f in drawn) + " |",
+    ]
 
 
 def summary_lines(m: dict) -> list[str]:

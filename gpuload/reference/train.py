@@ -31,7 +31,7 @@ from gpuload.loader import MultiomeLoader
 from gpuload.plan.obs import find_column
 from gpuload.reference.metrics import evaluate
 from gpuload.reference.models import SIZE_FACTOR_KEYS, MultiomeVAE, as_dense, log_normalize, size_factors_of
-from gpuload.reference.report import plot_embedding, summary_lines, write_report
+from gpuload.reference.report import PLOTS, plot_embedding, summary_lines, write_report
 
 TEST_FRACTION = 0.2
 LEARNING_RATE = 1e-3
@@ -187,6 +187,7 @@ def train(
     seed: int = 0,
     max_cells: int | None = None,
     progress: bool = True,
+    umap: bool = True,
 ) -> dict:
     """Train a MultiomeVAE on ``data_path`` and evaluate it on held-out cells.
 
@@ -196,7 +197,7 @@ def train(
     training cells (the loader shards itself) under DistributedDataParallel; rank 0 alone
     evaluates and writes. Writes ``model.pt`` (``model_args``, ``state_dict``,
     ``batch_categories``, ``var_names``), ``metrics.json``, ``report.md``, ``embedding.png`` and
-    ``umap.png`` to ``out_dir``, and returns the metrics with the run's settings.
+    (``umap``) ``umap.png`` to ``out_dir``, and returns the metrics with the run's settings.
     """
     for name, value in (("epochs", epochs), ("batch_size", batch_size), ("hidden", hidden)):
         if not isinstance(value, int) or value < 1:
@@ -289,7 +290,9 @@ def train(
         out / "model.pt",
     )
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    plot_embedding(plot_data["embedding"], plot_data["cell_type"], plot_data["batch"], out, seed)
+    for stale in PLOTS.values():  # a plot of an earlier run must not pass for this one's
+        (out / stale).unlink(missing_ok=True)
+    plot_embedding(plot_data["embedding"], plot_data["cell_type"], plot_data["batch"], out, seed, umap)
     write_report(metrics, out / "report.md")
     return metrics
 
@@ -353,6 +356,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--inputs", choices=INPUTS, default="dense", help="batches to the encoders as dense or sparse_csr"
     )
+    parser.add_argument(
+        "--no-umap", action="store_true", help="skip the UMAP plot (umap-learn compiles for ~20 s first)"
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     parser.add_argument("--out", default="train_out", metavar="DIR", help="output folder (default train_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the order and the model")
@@ -377,6 +383,7 @@ def run_train(args: argparse.Namespace) -> int:
         out_dir=args.out,
         seed=args.seed,
         max_cells=args.max_cells,
+        umap=not args.no_umap,
     )
     if "rank" in m:  # a data-parallel worker: rank 0 reports
         return 0
