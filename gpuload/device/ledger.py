@@ -44,7 +44,7 @@ class DeviceLedger:
     ops: list[DeviceOp] = field(default_factory=list)
     pinned_bytes: int = 0  # page-locked host memory held now
     pinned_peak: int = 0
-    launch_seconds: float = 0.0  # host time inside kernel launches (the kernels themselves, on the CPU faces)
+    launch_seconds: float = 0.0  # launching threads' CPU time in kernel launches (the kernels, on CPU faces)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, kind: str, name: str, stream: str, size: int = 0, address: int = 0) -> None:
