@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     print(
         f"done in {time.perf_counter() - start:.0f} s; report: {args.out / 'train' / 'report.md'}, "
-        f"plot: {args.out / 'train' / 'embedding.png'}, benchmark: {args.out / 'bench.txt'}"
+        f"plots: {args.out / 'train' / 'embedding.png'} (PCA) and umap.png, "
+        f"benchmark: {args.out / 'bench.txt'}"
     )
     return 0
 

@@ -29,7 +29,9 @@ def plot_embedding(
     if with_umap:
         import umap  # imported here: it compiles numba code
 
-        coordinates["UMAP"] = umap.UMAP(n_neighbors=15, random_state=seed).fit_transform(embedding)
+        # Seeded, so one thread (n_jobs=1 said outright: umap warns when it has to override it).
+        reducer = umap.UMAP(n_neighbors=15, random_state=seed, n_jobs=1)
+        coordinates["UMAP"] = reducer.fit_transform(embedding)
     colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
     for method, xy in coordinates.items():
         fig, axes = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
@@ -74,6 +76,8 @@ def write_report(metrics: dict, path: Path) -> None:
         f"{m['epochs']} epochs of {m['batch_size']} cells on {m['device']}",
         f"- training: {m['train_seconds']:.1f} s, {m['cells_per_second']:.0f} cells/s; "
         f"loss per epoch {', '.join(f'{x:.1f}' for x in m['loss_history'])}",
+        "",
+        *[f"- {line}" for line in summary_lines(m)],
         "",
         "| task | metric | model | baseline | baseline is |",
         "|---|---|---:|---:|---|",
