@@ -136,6 +136,13 @@ def test_one_spec_for_all_and_partial_dicts(marked):
     assert [m.width for m in only_atac.modalities] == [_columns(adata, "GEX").size, 50]
     batch = next(iter(only_atac))
     assert batch["ATAC"].shape[1] == 50 and batch["GEX"].shape[1] == _columns(adata, "GEX").size
+    # plan.feature_masks is the spec that gives another loader (other cells) the same columns
+    held_out = MultiomeLoader(
+        path, features=only_atac.plan.feature_masks, subset=np.arange(10), obs_keys=[], device="cpu"
+    )
+    assert [held_out.var_names(m) for m in ("GEX", "ATAC")] == [
+        only_atac.var_names(m) for m in ("GEX", "ATAC")
+    ]
 
 
 def test_top_k_breaks_ties_by_file_order(marked):

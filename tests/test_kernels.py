@@ -63,6 +63,7 @@ def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold
         obs_keys=(),
         obs=ObsColumns.from_frame(pd.DataFrame(index=np.arange(n_cells).astype(str)), []),
         var_names={n: [str(j) for j in c] for n, c in zip(layout.names, groups, strict=True)},
+        feature_masks={n: np.ones(len(c), dtype=bool) for n, c in zip(layout.names, groups, strict=True)},
     )
     assembler = BatchAssembler(plan, backend, dtype=torch.float32, output="dense")
     if tile is not None:

@@ -164,7 +164,7 @@ class MultiomeDataModule(L.LightningDataModule):
         train = self._loader(
             "train", self.loader_options.get("shuffle", True), self.loader_options.get("features")
         )
-        chosen = {m.name: train.var_names(m.name) for m in train.modalities}
+        chosen = train.plan.feature_masks
         self.loaders = {"train": train}
         for stage_name in STAGES[1:]:
             if stage_name in self.subsets:

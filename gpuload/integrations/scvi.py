@@ -99,10 +99,9 @@ class ScviDataModule(MultiomeDataModule):
             data, batch_size=batch_size, features=features, **self.inference_options
         )
         self.var_names = self.inference_loader.var_names(modality)
-        self.inference_options["features"] = {modality: self.var_names}
-        super().__init__(
-            data, batch_size=batch_size, split=split, features={modality: self.var_names}, **options
-        )
+        chosen = self.inference_loader.plan.feature_masks  # the same columns in every loader
+        self.inference_options["features"] = chosen
+        super().__init__(data, batch_size=batch_size, split=split, features=chosen, **options)
         self.batch_labels = np.array(["0"], dtype=object)
         if batch_key is not None:
             self.batch_labels = self._categories(batch_key, "batch_key")

@@ -38,6 +38,9 @@ class LoaderPlan:
     obs_keys: tuple[str, ...]  # the delivered obs columns, in order
     obs: ObsColumns
     var_names: dict[str, list[str]]  # modality -> the names of its delivered columns, in order
+    # modality -> its delivered columns as a mask over all of its columns: a features= spec that
+    # makes another loader deliver the same columns (e.g. held-out cells, chosen on training cells)
+    feature_masks: dict[str, np.ndarray]
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -76,15 +79,15 @@ def build_plan(
     Reads the selected cells once when a ``{"top": k}`` feature spec needs nonzero counts, and
     once (again) when a transform needs statistics over the selected features.
     """
-    mods = resolve_modalities(store, modalities)
-    names = [m.name for m in mods]
+    full = resolve_modalities(store, modalities)
+    names = [m.name for m in full]
     positions = subset_positions(store.obs, subset, split, store.path, query)
     keys = select_columns(store.obs, obs_keys, names, store.path)
     transforms = parse_transforms(transform, names)
     specs = parse_feature_specs(features, names)
-    counted = compute_stats(store, positions, mods) if needs_counts(specs) else None
+    counted = compute_stats(store, positions, full) if needs_counts(specs) else None
     nonzero = None if counted is None else counted.col_nonzero
-    mods = [select_features(m, specs[m.name], store.var, nonzero, str(store.path)) for m in mods]
+    mods = [select_features(m, specs[m.name], store.var, nonzero, str(store.path)) for m in full]
     needs_stats = any(t.needs_stats for t in transforms.values())
     stats = compute_stats(store, positions, mods) if needs_stats else None
     layout, row_scale = prepare_layout(store, mods, transforms, positions, stats)
@@ -99,6 +102,7 @@ def build_plan(
         obs_keys=tuple(keys),
         obs=ObsColumns.from_frame(store.obs, keys, str(store.path)),
         var_names={m.name: store.var.index[m.columns].tolist() for m in mods},
+        feature_masks={m.name: np.isin(f.columns, m.columns) for f, m in zip(full, mods, strict=True)},
     )
 
 

@@ -168,11 +168,6 @@ def _open_checked(data_path: str | os.PathLike) -> tuple[MultiomeStore, str]:
     return store, size_factor_key
 
 
-def _same_features(store: MultiomeStore, loader: MultiomeLoader) -> dict[str, np.ndarray]:
-    """Boolean masks of the features ``loader`` delivers, to give another loader the same."""
-    return {m.name: np.isin(store.modalities[m.name].columns, m.columns) for m in loader.modalities}
-
-
 def train(
     data_path: str | os.PathLike,
     *,
@@ -233,7 +228,7 @@ def train(
             shuffle=False,
             rank=0,
             world_size=1,
-            features=_same_features(store, train_loader),
+            features=train_loader.plan.feature_masks,
             **common,
         )
         widths = {m.name: m.width for m in train_loader.modalities}
