@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from gpuload.checks import is_int
 from gpuload.errors import ArgumentError
 from gpuload.formats import Modality
 
@@ -72,7 +73,7 @@ def _top_columns(modality: Modality, spec: Mapping, col_nonzero: np.ndarray | No
     if extra:
         raise ArgumentError(f"{what} = {dict(spec)!r}: the only key of a top-k spec is 'top', got {extra}")
     k = spec[TOP]
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+    if not is_int(k):
         raise ArgumentError(f"{what}: 'top' must be an integer number of features, got {k!r}")
     if not 1 <= k <= modality.width:
         raise ArgumentError(f"{what}: 'top' must be in [1, {modality.width}] (the modality's width), got {k}")

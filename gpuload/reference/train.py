@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from gpuload.bmmc import schema
+from gpuload.checks import one_of, positive_int
 from gpuload.device import gpu_available
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
 from gpuload.formats import MultiomeStore, open_multiome
@@ -194,13 +195,14 @@ def train(
     ``batch_categories``, ``var_names``), ``metrics.json``, ``report.md``, ``embedding.png`` and
     (``umap``) ``umap.png`` to ``out_dir``, and returns the metrics with the run's settings.
     """
-    for name, value in (("epochs", epochs), ("batch_size", batch_size), ("hidden", hidden)):
-        if not isinstance(value, int) or value < 1:
-            raise ArgumentError(f"{name} must be at least 1, got {value!r}")
-    if not isinstance(latent_dim, int) or latent_dim < 1:
-        raise ArgumentError(f"latent_dim must be at least 1, got {latent_dim!r}")
-    if inputs not in INPUTS:
-        raise ArgumentError(f"inputs must be one of {INPUTS}, got {inputs!r}")
+    for name, value in (
+        ("epochs", epochs),
+        ("batch_size", batch_size),
+        ("hidden", hidden),
+        ("latent_dim", latent_dim),
+    ):
+        positive_int(name, value)
+    one_of("inputs", inputs, INPUTS)
     torch.manual_seed(seed)  # the same on every rank: identical initial weights
     distributed, device = _init_distributed(str(device))
     is_main = not distributed or torch.distributed.get_rank() == 0
