@@ -33,20 +33,7 @@ from gpuload.errors import ArgumentError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import MultiomeStore, open_multiome
 from gpuload.plan import build_plan
-from gpuload.sampler import EpochSampler, distributed_share, load_requests
-
-# What a checkpoint must agree on with the loader that resumes it.
-RESUME_KEYS = (
-    "seed",
-    "shuffle",
-    "n_cells",
-    "batch_size",
-    "rank",
-    "world_size",
-    "drop_last",
-    "chunk_size",
-    "window",
-)
+from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
 
 
 class MultiomeLoader:
@@ -245,35 +232,16 @@ class MultiomeLoader:
 
     def state_dict(self) -> dict:
         """Where this rank is: enough for a fresh process to resume the same epoch exactly."""
-        s = self.epoch_sampler
         return {
             "epoch": self._epoch,
             "batches_done": self._batches_done,
-            "seed": s.seed,
-            "shuffle": s.shuffle,
-            "n_cells": s.n,
             "batch_size": self.batch_size,
-            "rank": s.rank,
-            "world_size": s.world_size,
-            "drop_last": self.drop_last,
-            "chunk_size": s.chunk_size,
-            "window": s.window,
+            **self.epoch_sampler.state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``; the loader must be configured like the one that saved it."""
-        mine = self.state_dict()
-        for key in RESUME_KEYS:
-            if state.get(key) != mine[key]:
-                raise ArgumentError(
-                    f"load_state_dict: state has {key}={state.get(key)!r} but this loader has {mine[key]!r}"
-                )
-        if not 0 <= int(state["batches_done"]) <= len(self):
-            raise ArgumentError(
-                f"load_state_dict: batches_done={state['batches_done']} is outside [0, {len(self)}]"
-            )
-        self._epoch = int(state["epoch"])
-        self._batches_done = int(state["batches_done"])
+        self._epoch, self._batches_done = resume_point(state, self.state_dict(), len(self))
         self._resume_requested = True
 
     def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:

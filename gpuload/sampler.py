@@ -118,6 +118,34 @@ class EpochSampler:
             order = np.concatenate([order, order[: total - order.size]])
         return order[self.rank * self.per_rank : (self.rank + 1) * self.per_rank]
 
+    def state(self) -> dict:
+        """What a checkpoint must agree on with the sampler that resumes it."""
+        return {
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "n_cells": self.n,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "drop_last": self.drop_last,
+            "chunk_size": self.chunk_size,
+            "window": self.window,
+        }
+
+
+def resume_point(state: dict, mine: dict, n_batches: int) -> tuple[int, int]:
+    """(epoch, batches done) of a checkpoint ``state``, checked against ``mine`` (the resuming
+    loader's own state: every key but the position must agree) and its ``n_batches``."""
+    for key, value in mine.items():
+        if key not in ("epoch", "batches_done") and state.get(key) != value:
+            raise ArgumentError(
+                f"load_state_dict: state has {key}={state.get(key)!r} but this loader has {value!r}"
+            )
+    if not 0 <= int(state["batches_done"]) <= n_batches:
+        raise ArgumentError(
+            f"load_state_dict: batches_done={state['batches_done']} is outside [0, {n_batches}]"
+        )
+    return int(state["epoch"]), int(state["batches_done"])
+
 
 def distributed_share(rank: int | None, world_size: int | None) -> tuple[int, int]:
     """(rank, world_size) as given, else from an initialized ``torch.distributed``, else (0, 1)."""
