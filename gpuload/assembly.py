@@ -113,6 +113,7 @@ class BatchAssembler:
             self.lasting = {
                 k: backend.kernel_view(backend.upload(np.ascontiguousarray(a), k)) for k, a in host.items()
             }
+            self.obsm = {k: backend.upload(a, f"obsm {k}") for k, a in plan.obsm.items()}
         self.meta_ring = PinnedRing(backend) if backend.streams else None
         kinds = {"float": 0, "int": 1, "bool": 2}
         index = {"float": obs.float_keys, "int": obs.int_keys, "bool": obs.bool_keys}
@@ -154,6 +155,8 @@ class BatchAssembler:
                 meta, slot, buffers, tail = self._dense(block, rows, sizes, batch_of, first)
             else:
                 meta, slot, buffers, tail = self._sparse(block, rows, sizes, batch_of, first)
+            rows_on_device = meta[n : 2 * n]
+            obsm = {k: b.take_rows(m, rows_on_device, f"obsm {k}") for k, m in self.obsm.items()}
             fence = b.fence("super-batch")
             if slot is not None:
                 self.meta_ring.release(slot, fence)
@@ -176,14 +179,22 @@ class BatchAssembler:
                 name: present.as_strided(rows_k, (1,), m * n + start) for m, name in enumerate(self.names)
             }
             batch["index"] = meta.as_strided(rows_k, (1,), n + start)
+            if self.plan.deliver_file:
+                batch["file"] = meta.as_strided(rows_k, (1,), meta.numel() - n + start)
             batch["obs"], batch["obs_codes"] = self._obs(obs, start, stop, batches[k])
+            if obsm:
+                batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
             out.append(batch)
-        handed = (meta, *(t for key, t in buffers.items() if key != "status"))
+        handed = (meta, *(t for key, t in buffers.items() if key != "status"), *obsm.values())
         return Assembled(out, fence, handed, error)
 
     def _meta(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, int | None]:
         """The super-batch's int64 host arrays uploaded as one (from the page-locked ring on the
-        stream faces): one copy per super-batch."""
+        stream faces): one copy per super-batch. ``parts[1]`` are the rows; with
+        ``plan.deliver_file``, each row's file id follows the parts, as the last ``n`` values."""
+        if self.plan.deliver_file:
+            rows = parts[1]
+            parts = [*parts, np.searchsorted(self.plan.file_starts, rows, side="right") - 1]
         n = sum(p.size for p in parts)
         slot = None
         if self.meta_ring is None:
@@ -234,7 +245,7 @@ class BatchAssembler:
             *(p[k] for k in ("col_dest", "mod_prefix", "mod_width", "mod_code", "mod_threshold")),
             p["row_scale"],
             p["col_weight"],
-            v(meta[2 * n :].view(n, widths.size)),
+            v(meta[2 * n : 2 * n + n * widths.size].view(n, widths.size)),
             v(out),
             *self._obs_args(buffers),
             self.tile,
@@ -322,7 +333,7 @@ class BatchAssembler:
 
     def _error(self, code: int, row: int) -> DataValueError:
         """What the kernel reported for file ``row``, as an error naming it."""
-        where = f"{self.plan.where} row {row}"
+        where = self.plan.where_row(row)
         if code == ops.NOT_FINITE:
             return DataValueError(f"{where}: a stored value is NaN or infinite")
         if code == ops.NEGATIVE_UNDER_LOG:

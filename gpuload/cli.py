@@ -46,8 +46,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def _describe_encoding(store) -> str:
-    e = store.encoding
+def _describe_encoding(e) -> str:
     parts = [e.kind, str(e.dtype)]
     if e.index_dtype is not None:
         parts.append(f"indices {e.index_dtype}, indptr {e.indptr_dtype}, nnz {e.nnz:,}")
@@ -67,11 +66,13 @@ def cmd_info(args: argparse.Namespace) -> int:
                 for m in store.modalities.values()
             )
         )
-        print(f"X: {_describe_encoding(store)}")
-        layers = store.layers
-        for layer in layers:
+        for label, encoding in store.encodings.items():
+            print(f"{label}: {_describe_encoding(encoding)}")
+        for layer in store.layers:
             with open_multiome(args.file, layer=layer, cache_dir=args.cache_dir) as ls:
-                print(f"layers[{layer!r}]: {_describe_encoding(ls)}")
+                for label, encoding in ls.encodings.items():
+                    label = label.replace(f"layers/{layer}", f"layers[{layer!r}]")
+                    print(f"{label}: {_describe_encoding(encoding)}")
         rows = np.unique(np.linspace(0, store.n_cells - 1, min(args.sample, store.n_cells)).astype(np.int64))
         per_mod = store.read_rows(rows)
         print(f"stored values per cell ({rows.size:,} evenly spaced cells):")

@@ -37,21 +37,28 @@ from gpuload.sampler import EpochSampler, distributed_share, load_requests, resu
 
 
 class MultiomeLoader:
-    """Paired, shuffled mini-batches of a multiome h5ad as dense torch tensors on the device.
+    """Paired, shuffled mini-batches of a multiome dataset as torch tensors on the device.
 
     Parameters
     ----------
     data
-        Path to an ``.h5ad`` or an open :class:`~gpuload.formats.MultiomeStore`.
+        An ``.h5ad`` (modalities told apart by ``var["feature_types"]``), an ``.h5mu`` (the
+        modalities are its ``mod`` entries, paired by global cell; a cell a modality lacks reads
+        as a zero row with ``mask[modality]`` False), a list of such files with the same
+        features (one dataset: their cells one after the other; ``batch["file"]`` indexes
+        :attr:`files`), or an open :class:`~gpuload.formats.MultiomeStore`.
     batch_size, shuffle, drop_last
         As ``torch.utils.data.DataLoader``. ``shuffle`` is ``False``, ``True`` (block shuffle)
         or ``"full"`` (a true permutation).
     seed
         Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
     modalities
-        ``("GEX", "ATAC")``, one name, or ``"all"`` (one full-width ``"X"``).
+        ``None`` (every modality of the file, in file order: ``GEX``, ``ATAC`` for BMMC), a
+        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), or ``"all"`` (one
+        full-width ``"X"``).
     layer
-        ``None`` for X or a key of ``layers`` such as ``"counts"``.
+        ``None`` for X or a key of ``layers`` such as ``"counts"`` (for an ``.h5mu``, also
+        ``{modality: layer or None}``).
     transform
         ``None`` (values as stored), one spec for every modality, or ``{modality: spec}``; a
         spec is a name (``"log1p_size_factor"``, ``"normalize_total"``, ``"log1p"``,
@@ -67,6 +74,10 @@ class MultiomeLoader:
     obs_keys
         obs columns to deliver: ``None`` (all; for a single modality, its own and the shared
         ones) or a list.
+    obsm_keys
+        obsm arrays to deliver as ``batch["obsm"][key]``, float32 ``[B, k]`` on the device
+        (dense arrays only; for an ``.h5mu``, a modality's own as ``"rna:X_pca"``, NaN for
+        cells it lacks).
     subset, split
         Cells to use: a query string, boolean mask or integer indices; and/or the competition
         split by batch (``"train"``, ``"val"``, ``"test"``).
@@ -105,17 +116,18 @@ class MultiomeLoader:
 
     def __init__(
         self,
-        data: str | os.PathLike | MultiomeStore,
+        data: str | os.PathLike | Sequence[str | os.PathLike] | MultiomeStore,
         *,
         batch_size: int = 32,
         shuffle: bool | str = True,
         drop_last: bool = False,
         seed: int = 0,
-        modalities: str | Sequence[str] = ("GEX", "ATAC"),
+        modalities: str | Sequence[str] | None = None,
         layer: str | None = None,
         transform=None,
         features=None,
         obs_keys: Sequence[str] | None = None,
+        obsm_keys: Sequence[str] = (),
         subset=None,
         split: str | None = None,
         device: str | torch.device | Backend = "auto",
@@ -160,6 +172,8 @@ class MultiomeLoader:
                 transform=transform,
                 features=features,
                 obs_keys=obs_keys,
+                obsm_keys=obsm_keys,
+                deliver_file=isinstance(data, (list, tuple)),
                 subset=subset,
                 split=split,
                 query=frames.query,
@@ -198,6 +212,11 @@ class MultiomeLoader:
     def positions(self) -> np.ndarray:
         """The selected file rows, sorted."""
         return self.plan.positions
+
+    @property
+    def files(self) -> tuple:
+        """The dataset's files: ``batch["file"]`` (a list of files) indexes this."""
+        return self.store.files
 
     @property
     def modalities(self):

@@ -10,12 +10,14 @@ from pathlib import Path
 import anndata as ad
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.device import simulator_enabled
 
 REAL_GEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "bmmc_multiome_starter_gex.h5ad"
 SMALL = {"n_cells": 600, "n_genes": 120, "n_peaks": 900}
+PARTS = (0, 250, 420, 600)  # the small file cut in three (the ``parts`` fixture)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,6 +53,22 @@ def small_h5ad(data_dir) -> Path:
 @pytest.fixture(scope="session")
 def small_adata(small_h5ad) -> ad.AnnData:
     return ad.read_h5ad(small_h5ad)
+
+
+@pytest.fixture(scope="session")
+def parts(small_adata, data_dir) -> list[Path]:
+    """The small file cut in three: CSR float32, CSC float32, dense float64."""
+    paths = []
+    for i, (start, stop) in enumerate(zip(PARTS[:-1], PARTS[1:], strict=True)):
+        part = small_adata[start:stop].copy()
+        part.obsm["X_pca"] = np.arange(part.n_obs * 2, dtype=np.float64).reshape(-1, 2) + start * 2
+        if i == 1:
+            part.X = sp.csc_matrix(part.X)
+        if i == 2:
+            part.X = part.X.toarray().astype(np.float64)
+        paths.append(data_dir / f"part{i}.h5ad")
+        part.write_h5ad(paths[-1])
+    return paths
 
 
 VARIANTS = {

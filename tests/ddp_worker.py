@@ -14,6 +14,7 @@ from gpuload import MultiomeLoader
 
 
 def main(path: str, out: str, drop_last: str) -> None:
+    data = path.split(",") if "," in path else path  # several files as one dataset
     device = os.environ.get("GPULOAD_TEST_DEVICE", "cpu")  # tests/test_gpu.py: cuda with NCCL
     if device == "cuda":
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))  # what a torchrun script does
@@ -28,18 +29,18 @@ def main(path: str, out: str, drop_last: str) -> None:
         chunk_size=16,
         window=4,
     )
-    loader = MultiomeLoader(path, **kwargs)
+    loader = MultiomeLoader(data, **kwargs)
     epoch = [b["index"].tolist() for b in loader]
     where = str(loader.backend.torch_device)
     # Resume: two batches of epoch 1, then a fresh loader continues from the state.
-    first = MultiomeLoader(path, **kwargs)
+    first = MultiomeLoader(data, **kwargs)
     first.set_epoch(1)
     it = iter(first)
     head = [next(it)["index"].tolist() for _ in range(2)]
-    resumed = MultiomeLoader(path, **kwargs)
+    resumed = MultiomeLoader(data, **kwargs)
     resumed.load_state_dict(first.state_dict())
     tail = [b["index"].tolist() for b in resumed]
-    whole = MultiomeLoader(path, **kwargs)
+    whole = MultiomeLoader(data, **kwargs)
     whole.set_epoch(1)
     uninterrupted = [b["index"].tolist() for b in whole]
     mine = {

@@ -24,7 +24,13 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("nproc", [2, pytest.param(3, marks=pytest.mark.slow)])  # 3 ranks: test-all
 @pytest.mark.parametrize("drop_last", [False, pytest.param(True, marks=pytest.mark.slow)])
-def test_torchrun_shards(small_h5ad, tmp_path, nproc, drop_last):
+@pytest.mark.parametrize("source", ["file", "files"])  # one h5ad; the same cells in three files
+def test_torchrun_shards(request, tmp_path, nproc, drop_last, source):
+    data = (
+        str(request.getfixturevalue("small_h5ad"))
+        if source == "file"
+        else ",".join(str(p) for p in request.getfixturevalue("parts"))
+    )
     out = tmp_path / "ranks.json"
     cmd = [
         sys.executable,
@@ -35,7 +41,7 @@ def test_torchrun_shards(small_h5ad, tmp_path, nproc, drop_last):
         "--master-port",
         str(_free_port()),
         str(WORKER),
-        str(small_h5ad),
+        data,
         str(out),
         "1" if drop_last else "0",
     ]

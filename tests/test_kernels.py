@@ -52,6 +52,10 @@ def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold
     )
     plan = LoaderPlan(
         where="test.h5ad:X",
+        files=("test.h5ad",),
+        file_starts=np.array([0, n_cells]),
+        key="X",
+        deliver_file=False,
         n_vars=n_vars,
         modalities=tuple(
             Modality(n, np.asarray(c, np.int64)) for n, c in zip(layout.names, groups, strict=True)
@@ -64,6 +68,7 @@ def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold
         obs=ObsColumns.from_frame(pd.DataFrame(index=np.arange(n_cells).astype(str)), []),
         var_names={n: [str(j) for j in c] for n, c in zip(layout.names, groups, strict=True)},
         feature_masks={n: np.ones(len(c), dtype=bool) for n, c in zip(layout.names, groups, strict=True)},
+        obsm={},
     )
     assembler = BatchAssembler(plan, backend, dtype=torch.float32, output="dense")
     if tile is not None:

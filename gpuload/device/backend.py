@@ -133,6 +133,11 @@ class Backend:
         self.note("launch", name)
         return tensor.to(dtype)
 
+    def take_rows(self, matrix: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
+        """Rows ``rows`` (int64, on the device) of the device ``matrix``: one gather kernel."""
+        self.note("launch", name)
+        return torch.index_select(matrix, 0, rows)
+
     def to_host(self, tensor: torch.Tensor, name: str) -> np.ndarray:
         """``tensor``'s values on the host: the one place the host waits for the device."""
         self.note("d2h", name, tensor.numel() * tensor.element_size())

@@ -1,11 +1,14 @@
-"""Readers of on-disk formats: open a file read-only, tell its modalities apart, read row blocks.
+"""Readers of on-disk formats: open files read-only, tell their modalities apart, read row blocks.
 
 Each matrix encoding has its own reader module (``csr``, ``csc``, ``dense``), chosen by what the
-file says it is through :data:`~gpuload.formats.encoding.ROW_READERS`; ``h5ad`` opens the file
-and holds the store; ``frames`` reads obs and var; ``types`` is the vocabulary they share.
+file says it is through :data:`~gpuload.formats.encoding.ROW_READERS`; ``h5ad`` and ``h5mu``
+open one file of each format, ``stacked`` several as one dataset, ``dataset`` chooses among
+them; every opener builds the one :class:`~gpuload.formats.store.MultiomeStore`; ``frames``
+reads obs, var and obsm, and ``types`` is the vocabulary they share.
 """
 
-from gpuload.formats.h5ad import MultiomeStore, open_multiome
+from gpuload.formats.dataset import open_multiome
+from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader
 
 __all__ = ["Encoding", "Modality", "MultiomeStore", "RowBlock", "RowReader", "open_multiome"]

@@ -84,7 +84,12 @@ def _build_csr_sidecar(group: h5py.Group, shape: tuple[int, int], folder: Path, 
         data.flush()
         del indices, data
         (tmp / "meta.json").write_text(json.dumps({"shape": list(shape), "nnz": nnz}))
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            # Another process (a DDP rank) built the same sidecar meanwhile: use its copy.
+            if not (folder / "meta.json").exists():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

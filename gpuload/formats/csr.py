@@ -116,9 +116,9 @@ class CsrRows:
         if self.raw is not None:
             self.raw.close()
 
-    def row_lengths(self) -> np.ndarray:
-        """Stored values per row: what a preload of any rows would hold."""
-        return np.diff(self.indptr)
+    def stored_values(self, rows: np.ndarray) -> int:
+        """Stored values of ``rows``: what a preload of them would hold."""
+        return int((self.indptr[rows + 1] - self.indptr[rows]).sum())
 
     @staticmethod
     def _read_into(source, lo: int, hi: int, out: np.ndarray) -> None:

@@ -20,8 +20,8 @@ class DenseRows:
     def close(self) -> None:
         """Nothing of its own to release: the dataset closes with the file."""
 
-    def row_lengths(self) -> None:
-        """Unknown without reading every row."""
+    def stored_values(self, rows: np.ndarray) -> None:
+        """Unknown without reading the rows."""
         return None
 
     def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:

@@ -60,3 +60,32 @@ def modalities_of(var: pd.DataFrame, key: str, n_vars: int, where: str) -> dict[
     if unknown:
         raise SchemaError(f"{where}: var[{key!r}] has values {found}; expected only {list(KNOWN_MODALITIES)}")
     return {m: Modality(m, np.flatnonzero(values == m)) for m in KNOWN_MODALITIES if m in found}
+
+
+def obsm_keys_of(group: h5py.Group) -> list[str]:
+    """The keys of ``obsm`` (empty without one)."""
+    return list(group["obsm"].keys()) if "obsm" in group else []
+
+
+def read_obsm(group: h5py.Group, key: str, n_cells: int, where: str) -> np.ndarray:
+    """``obsm[key]`` of ``group`` as float32 ``[n_cells, k]``: a dense numeric array only (a 1-D
+    one is one column); a sparse matrix or a dataframe is an error that says so."""
+    node = group["obsm"][key]
+    kind = node.attrs.get("encoding-type", "array")
+    if isinstance(kind, bytes):
+        kind = kind.decode()
+    if kind in ("csr_matrix", "csc_matrix"):
+        raise SchemaError(
+            f"{where}: obsm[{key!r}] is a sparse {kind}; obsm_keys takes dense arrays (densify it in "
+            "the file, or leave it out)"
+        )
+    if not isinstance(node, h5py.Dataset) or kind != "array" or node.dtype.kind not in "iufb":
+        raise SchemaError(
+            f"{where}: obsm[{key!r}] is a {kind} of {getattr(node, 'dtype', 'columns')}; "
+            "obsm_keys takes dense numeric arrays"
+        )
+    values = node[()].astype(np.float32)
+    values = values.reshape(-1, 1) if values.ndim == 1 else values
+    if values.ndim != 2 or values.shape[0] != n_cells:
+        raise SchemaError(f"{where}: obsm[{key!r}] has shape {values.shape}; expected ({n_cells}, k)")
+    return np.ascontiguousarray(values)

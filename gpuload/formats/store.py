@@ -1,41 +1,49 @@
-"""Read-only, lazy access to a multiome ``.h5ad``: modalities, matrix encoding, obs, row reads.
+"""The one read-only store every format opens into: modalities, obs, var, obsm and row reads.
 
-``open_multiome`` opens the file with ``h5py.File(path, "r")`` and loads nothing of X. Row reads
-go to the reader that :data:`~gpuload.formats.encoding.ROW_READERS` registers for the matrix's
-encoding (csr, csc through a row-major sidecar, dense); every reader returns a
-:class:`~gpuload.formats.types.RowBlock`: full-width CSR arrays of sorted, unique rows.
+Whatever the files are (one ``.h5ad``, one ``.h5mu``, several of either), the store presents one
+matrix of cells x features whose columns are the modalities' columns side by side, one obs row
+per cell, and a :class:`~gpuload.formats.types.RowReader` that returns full-width CSR blocks of
+sorted, unique rows. The opener of each format builds it (:mod:`~gpuload.formats.h5ad`,
+:mod:`~gpuload.formats.h5mu`, :mod:`~gpuload.formats.stacked`).
 """
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import numpy as np
 import scipy.sparse as sp
 
-from gpuload.errors import ArgumentError, GpuloadError, InputFileError, SchemaError
-from gpuload.formats.encoding import ROW_READERS, encoding_of, shape_of
-from gpuload.formats.frames import modalities_of, read_obs, read_var
+from gpuload.errors import ArgumentError, InputFileError, ObsKeyError
 from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader, kernel_values
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-class MultiomeStore:
-    """A read-only multiome h5ad: modalities, matrix encoding, obs, and row reads.
+def row_location(files: tuple, file_starts: np.ndarray, key: str, row: int) -> str:
+    """``file:key row r``: the file of ``files`` that holds global ``row``, and its row there."""
+    i = int(np.searchsorted(file_starts, row, side="right")) - 1
+    return f"{files[i]}:{key} row {row - int(file_starts[i])}"
 
-    Build it with :func:`open_multiome`. It holds the file open until :meth:`close` (or the end
-    of a ``with`` block).
+
+class MultiomeStore:
+    """A read-only multimodal dataset: modalities, matrix encoding, obs, obsm and row reads.
+
+    Build it with :func:`~gpuload.formats.open_multiome`. It holds its files open until
+    :meth:`close` (or the end of a ``with`` block).
+
+    ``path`` names the dataset in messages (the file, or the list of files); ``files`` are its
+    files and ``file_starts`` the first global row of each (``files[i]`` holds rows
+    ``file_starts[i]:file_starts[i + 1]``); ``encodings`` says how each stored matrix is
+    encoded (``"X"``, or ``"rna/X"`` for a modality of an ``.h5mu``).
     """
 
     def __init__(
         self,
-        path: Path,
-        file: h5py.File,
+        path: Path | str,
         key: str,
         encoding: Encoding,
         shape: tuple[int, int],
@@ -43,12 +51,22 @@ class MultiomeStore:
         obs: pd.DataFrame,
         var: pd.DataFrame,
         reader: RowReader,
+        *,
+        encodings: dict[str, Encoding],
+        layers: list[str],
+        obsm_keys: list[str],
+        read_obsm: Callable[[str], np.ndarray],
+        files: tuple[Path, ...],
+        file_starts: np.ndarray,
+        close: Callable[[], None],
     ) -> None:
-        self.path, self._file, self.key, self.encoding = path, file, key, encoding
+        self.path, self.key, self.encoding = path, key, encoding
         self.n_cells, self.n_vars = shape
         self.modalities, self.obs, self.var = modalities, obs, var
         self.reader = reader  # the encoding's row reader (see gpuload.formats.encoding)
-        self.layers = list(file["layers"].keys()) if "layers" in file else []
+        self.encodings, self.layers, self.obsm_keys = encodings, layers, obsm_keys
+        self.files, self.file_starts = files, file_starts
+        self._read_obsm, self._close = read_obsm, close
 
     @property
     def sidecar(self) -> Path | None:
@@ -68,7 +86,7 @@ class MultiomeStore:
 
     def close(self) -> None:
         self.reader.close()
-        self._file.close()
+        self._close()
 
     def modality(self, name: str) -> Modality:
         if name not in self.modalities:
@@ -77,11 +95,20 @@ class MultiomeStore:
             )
         return self.modalities[name]
 
+    def where_row(self, row: int) -> str:
+        """``file:key row r`` for global ``row``: the file that holds it and its row there."""
+        return row_location(self.files, self.file_starts, self.key, row)
+
+    def obsm(self, key: str) -> np.ndarray:
+        """``obsm[key]`` as float32 ``[n_cells, k]`` (a dense array; a sparse one is an error)."""
+        if key not in self.obsm_keys:
+            raise ObsKeyError(f"{self.path}: obsm has no key {key!r}; its keys are {self.obsm_keys}")
+        return self._read_obsm(key)
+
     def stored_values(self, rows: np.ndarray) -> int | None:
         """How many values the given rows store (what a preload of them holds), or None where
         only reading them can tell (dense)."""
-        lengths = self.reader.row_lengths()
-        return None if lengths is None else int(lengths[rows].sum())
+        return self.reader.stored_values(np.asarray(rows, dtype=np.int64))
 
     def read_block(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         """Full-width CSR of sorted unique ``rows``: the loader's hot path.
@@ -119,65 +146,3 @@ class MultiomeStore:
             )
             out[name] = part.toarray() if self.encoding.kind == "dense" else part.tocsr()
         return out
-
-
-def open_multiome(
-    path: str | os.PathLike,
-    *,
-    layer: str | None = None,
-    modality_key: str = "feature_types",
-    cache_dir: str | os.PathLike | None = None,
-) -> MultiomeStore:
-    """Open a multiome ``.h5ad`` read-only; nothing of the matrix is loaded.
-
-    Parameters
-    ----------
-    path
-        The ``.h5ad`` file.
-    layer
-        ``None`` for ``X``, else a key of ``layers`` (e.g. ``"counts"``).
-    modality_key
-        The var column that names each feature's modality (``"GEX"``, ``"ATAC"``).
-    cache_dir
-        Where a row-major sidecar of a CSC matrix is built (default ``$GPULOAD_CACHE_DIR`` or
-        ``~/.cache/gpuload``); unused for CSR and dense files.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputFileError(f"{path}: is a directory; expected an .h5ad file")
-    if path.stat().st_size == 0:
-        raise InputFileError(f"{path}: the file is empty; expected an .h5ad (HDF5) file")
-    try:
-        file = h5py.File(path, "r")
-    except OSError as e:
-        kind = "is not an HDF5 file" if not h5py.is_hdf5(path) else "cannot be opened (truncated?)"
-        raise InputFileError(f"{path}: {kind} ({e})") from e
-    try:
-        key = "X" if layer is None else f"layers/{layer}"
-        if key not in file:
-            if layer is None:
-                raise SchemaError(f"{path}: no 'X' in the file; keys are {list(file.keys())}")
-            found = list(file["layers"].keys()) if "layers" in file else []
-            raise SchemaError(f"{path}: no layer {layer!r}; layers are {found}")
-        node = file[key]
-        where = f"{path}:{key}"
-        encoding = encoding_of(node, where)
-        shape = shape_of(node, encoding, where)
-        var = read_var(file, str(path))
-        modalities = modalities_of(var, modality_key, shape[1], str(path))
-        obs = read_obs(file, path)
-        if len(obs) != shape[0]:
-            raise SchemaError(f"{path}: obs has {len(obs)} rows but {key} has {shape[0]}")
-        reader = ROW_READERS[encoding.kind](path, key, node, shape, cache_dir)
-    except GpuloadError:
-        file.close()
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a corrupt file
-        file.close()
-        raise InputFileError(f"{path}: cannot read {key} ({e}); the file is corrupt") from e
-    except BaseException:
-        file.close()
-        raise
-    return MultiomeStore(path, file, key, encoding, shape, modalities, obs, var, reader)

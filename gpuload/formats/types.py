@@ -59,8 +59,8 @@ class RowReader(Protocol):
     def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         """Full-width CSR of sorted unique ``rows``; ``empty(n, dtype)`` allocates the buffers."""
 
-    def row_lengths(self) -> np.ndarray | None:
-        """Stored values per row (int64), or None where only a read can tell (dense)."""
+    def stored_values(self, rows: np.ndarray) -> int | None:
+        """How many values ``rows`` store, or None where only a read can tell (dense)."""
 
     def close(self) -> None:
         """Release what the reader opened itself."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from gpuload.errors import ArgumentError
 from gpuload.formats import Modality, MultiomeStore
+from gpuload.formats.store import row_location
 from gpuload.plan.features import needs_counts, parse_feature_specs, select_features
 from gpuload.plan.layout import Layout, column_destinations
 from gpuload.plan.obs import ObsColumns, query_mask, select_columns, subset_positions
@@ -29,6 +30,10 @@ class LoaderPlan:
     """What a loader delivers, decided once (see the module docstring)."""
 
     where: str  # "path:key", for messages
+    files: tuple[str, ...]  # the dataset's files; files[i] holds rows file_starts[i]:file_starts[i + 1]
+    file_starts: np.ndarray
+    key: str  # the matrix read ("X", "layers/counts")
+    deliver_file: bool  # batch["file"]: which file each cell came from (a dataset of several)
     n_vars: int
     modalities: tuple[Modality, ...]  # after feature selection: the delivered columns
     positions: np.ndarray  # the selected file rows, sorted
@@ -41,6 +46,11 @@ class LoaderPlan:
     # modality -> its delivered columns as a mask over all of its columns: a features= spec that
     # makes another loader deliver the same columns (e.g. held-out cells, chosen on training cells)
     feature_masks: dict[str, np.ndarray]
+    obsm: dict[str, np.ndarray]  # obsm key -> float32 [n_cells, k], delivered as batch["obsm"]
+
+    def where_row(self, row: int) -> str:
+        """``file:key row r``: the file that holds global ``row``, and its row there."""
+        return row_location(self.files, self.file_starts, self.key, row)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -64,10 +74,12 @@ class LoaderPlan:
 def build_plan(
     store: MultiomeStore,
     *,
-    modalities: str | Sequence[str] = ("GEX", "ATAC"),
+    modalities: str | Sequence[str] | None = None,
     transform=None,
     features=None,
     obs_keys: Sequence[str] | None = None,
+    obsm_keys: Sequence[str] = (),
+    deliver_file: bool = False,
     subset=None,
     split: str | None = None,
     query: Callable = query_mask,
@@ -82,7 +94,7 @@ def build_plan(
     full = resolve_modalities(store, modalities)
     names = [m.name for m in full]
     positions = subset_positions(store.obs, subset, split, store.path, query)
-    keys = select_columns(store.obs, obs_keys, names, store.path)
+    keys = select_columns(store.obs, obs_keys, names, store.path, list(store.modalities))
     transforms = parse_transforms(transform, names)
     specs = parse_feature_specs(features, names)
     counted = compute_stats(store, positions, full) if needs_counts(specs) else None
@@ -93,6 +105,10 @@ def build_plan(
     layout, row_scale = prepare_layout(store, mods, transforms, positions, stats)
     return LoaderPlan(
         where=f"{store.path}:{store.key}",
+        files=tuple(str(f) for f in store.files),
+        file_starts=store.file_starts,
+        key=store.key,
+        deliver_file=deliver_file,
         n_vars=store.n_vars,
         modalities=tuple(mods),
         positions=positions,
@@ -103,11 +119,25 @@ def build_plan(
         obs=ObsColumns.from_frame(store.obs, keys, str(store.path)),
         var_names={m.name: store.var.index[m.columns].tolist() for m in mods},
         feature_masks={m.name: np.isin(f.columns, m.columns) for f, m in zip(full, mods, strict=True)},
+        obsm={key: store.obsm(key) for key in _obsm_keys(obsm_keys)},
     )
 
 
+def _obsm_keys(keys) -> list[str]:
+    if isinstance(keys, str):
+        keys = [keys]
+    if not all(isinstance(k, str) for k in keys):
+        raise ArgumentError(f"obsm_keys must be a list of obsm key names, got {keys!r}")
+    if len(set(keys)) != len(keys):
+        raise ArgumentError(f"obsm_keys {list(keys)} repeats a key")
+    return list(keys)
+
+
 def resolve_modalities(store: MultiomeStore, modalities) -> list[Modality]:
-    """The store's modalities named by ``modalities`` (``"all"``: one full-width ``"X"``)."""
+    """The store's modalities named by ``modalities`` (``None``: every one, in file order;
+    ``"all"``: one full-width ``"X"``)."""
+    if modalities is None:
+        return list(store.modalities.values())
     if modalities == ALL:
         return [Modality("X", np.arange(store.n_vars, dtype=np.int64))]
     if isinstance(modalities, str):

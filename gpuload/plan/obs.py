@@ -8,7 +8,7 @@ the device is the assembler's business; nothing here knows which face runs.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,24 +19,28 @@ from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
 
 
-def modality_of_column(column: str) -> str | None:
-    """'GEX' / 'ATAC' for columns named with that prefix or suffix, None for shared columns."""
-    for m in schema.MODALITIES:
-        if column.startswith(f"{m}_") or column.endswith(f"_{m}"):
+def modality_of_column(column: str, modalities: Sequence[str] = schema.MODALITIES) -> str | None:
+    """The modality of ``modalities`` a column belongs to by its name (``GEX_n_counts``,
+    ``nCount_ATAC``, a MuData's ``rna:n_genes``), None for shared columns."""
+    for m in modalities:
+        if column.startswith((f"{m}_", f"{m}:")) or column.endswith(f"_{m}"):
             return m
     return None
 
 
-def select_columns(obs: pd.DataFrame, keys, modalities, path: Path) -> list[str]:
+def select_columns(
+    obs: pd.DataFrame, keys, modalities, path, known: Sequence[str] = schema.MODALITIES
+) -> list[str]:
     """Resolve ``obs_keys``: None = all columns, or a list (each must exist).
 
-    With a single modality and ``keys=None``, only that modality's columns and the shared ones
-    are kept (``GEX_n_counts`` but not ``ATAC_nCount_peaks``).
+    With a single modality of ``known`` (the dataset's modalities) and ``keys=None``, only that
+    modality's columns and the shared ones are kept (``GEX_n_counts`` but not
+    ``ATAC_nCount_peaks``).
     """
     if keys is None:
-        if len(modalities) == 1 and modalities[0] in schema.MODALITIES:
+        if len(modalities) == 1 and modalities[0] in known:
             keep = {modalities[0], None}
-            return [c for c in obs.columns if modality_of_column(c) in keep]
+            return [c for c in obs.columns if modality_of_column(c, known) in keep]
         return list(obs.columns)
     if isinstance(keys, str):
         keys = [keys]

@@ -45,7 +45,7 @@ def compute_stats(
         if bad.any():
             row = block.rows[np.searchsorted(block.indptr, np.flatnonzero(bad)[0], side="right") - 1]
             raise DataValueError(
-                f"{store.path}:{store.key} row {row}: a column index lies outside [0, {store.n_vars}); "
+                f"{store.where_row(int(row))}: a column index lies outside [0, {store.n_vars}); "
                 "the file is corrupt"
             )
         values = block.data.astype(np.float64)

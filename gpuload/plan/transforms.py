@@ -100,7 +100,9 @@ class Log1pSizeFactor(Transform):
 
     def prepare(self, modality, obs, stats, columns, positions, path) -> Prepared:
         candidates = (
-            (self.size_factor_key,) if self.size_factor_key else (f"{modality}_size_factors", "size_factors")
+            (self.size_factor_key,)
+            if self.size_factor_key
+            else (f"{modality}_size_factors", f"{modality}:size_factors", "size_factors")
         )
         key = find_column(obs, candidates)
         if key is None:

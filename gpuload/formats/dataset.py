@@ -1,0 +1,55 @@
+"""``open_multiome``: one ``.h5ad``, one ``.h5mu``, or a list of them as one dataset.
+
+Which format a file is comes from what the file says (a MuData file's root ``encoding-type``),
+never from its name.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+from gpuload.formats.h5ad import open_h5ad
+from gpuload.formats.h5mu import is_mudata, open_h5mu
+from gpuload.formats.hdf5 import open_hdf5
+from gpuload.formats.stacked import open_stacked
+from gpuload.formats.store import MultiomeStore
+
+
+def open_multiome(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    layer: str | dict | None = None,
+    modality_key: str = "feature_types",
+    cache_dir: str | os.PathLike | None = None,
+) -> MultiomeStore:
+    """Open a multimodal dataset read-only; nothing of its matrices is loaded.
+
+    Parameters
+    ----------
+    data
+        An ``.h5ad`` (modalities told apart by ``var[modality_key]``), an ``.h5mu`` (modalities
+        are its ``mod`` entries, cells paired through its ``obsmap``), or a list of such files
+        with the same features, read as their cells one after the other.
+    layer
+        ``None`` for ``X``, else a key of ``layers`` (e.g. ``"counts"``); for ``.h5mu``, also
+        ``{modality: layer or None}``.
+    modality_key
+        The var column of an ``.h5ad`` that names each feature's modality (``"GEX"``, ``"ATAC"``).
+    cache_dir
+        Where a row-major sidecar of a CSC matrix is built (default ``$GPULOAD_CACHE_DIR`` or
+        ``~/.cache/gpuload``); unused for CSR and dense files.
+    """
+    open_one = partial(_open_file, layer=layer, modality_key=modality_key, cache_dir=cache_dir)
+    if isinstance(data, (list, tuple)):
+        return open_stacked([Path(p) for p in data], partial(open_one, lazy=True))
+    return open_one(Path(data), lazy=False)
+
+
+def _open_file(path: Path, *, layer, modality_key: str, cache_dir, lazy: bool) -> MultiomeStore:
+    file = open_hdf5(path, ".h5ad or .h5mu")
+    if is_mudata(file):
+        return open_h5mu(path, file, layer=layer, cache_dir=cache_dir, lazy=lazy)
+    return open_h5ad(path, file, layer=layer, modality_key=modality_key, cache_dir=cache_dir, lazy=lazy)

@@ -1,0 +1,72 @@
+"""Opening a multiome ``.h5ad``: one matrix whose modalities are told apart by a var column.
+
+The file is opened with ``h5py.File(path, "r")`` and nothing of X is loaded. Row reads go to the
+reader that :data:`~gpuload.formats.encoding.ROW_READERS` registers for the matrix's encoding
+(csr, csc through a row-major sidecar, dense).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from gpuload.errors import GpuloadError, InputFileError, SchemaError
+from gpuload.formats.encoding import ROW_READERS
+from gpuload.formats.frames import modalities_of, obsm_keys_of, read_obs, read_obsm, read_var
+from gpuload.formats.hdf5 import find_matrix, layers_of
+from gpuload.formats.lazy import LazyReader
+from gpuload.formats.store import MultiomeStore
+
+
+def open_h5ad(
+    path: Path,
+    file: h5py.File,
+    *,
+    layer: str | None,
+    modality_key: str,
+    cache_dir,
+    lazy: bool = False,
+) -> MultiomeStore:
+    """The store of an open ``.h5ad`` (closed here when it cannot be read); ``lazy`` opens the row
+    reader at the first read (what a file of several does, so a rank opens only what it reads)."""
+    key = "X" if layer is None else f"layers/{layer}"
+    try:
+        key, node, encoding, shape = find_matrix(file, layer, str(path))
+        var = read_var(file, str(path))
+        modalities = modalities_of(var, modality_key, shape[1], str(path))
+        obs = read_obs(file, path)
+        if len(obs) != shape[0]:
+            raise SchemaError(f"{path}: obs has {len(obs)} rows but {key} has {shape[0]}")
+
+        def open_reader():
+            return ROW_READERS[encoding.kind](path, key, node, shape, cache_dir)
+
+        reader = LazyReader(open_reader, encoding) if lazy else open_reader()
+    except GpuloadError:
+        file.close()
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a corrupt file
+        file.close()
+        raise InputFileError(f"{path}: cannot read {key} ({e}); the file is corrupt") from e
+    except BaseException:
+        file.close()
+        raise
+    return MultiomeStore(
+        path,
+        key,
+        encoding,
+        shape,
+        modalities,
+        obs,
+        var,
+        reader,
+        encodings={key: encoding},
+        layers=layers_of(file),
+        obsm_keys=obsm_keys_of(file),
+        read_obsm=lambda name: read_obsm(file, name, shape[0], str(path)),
+        files=(path,),
+        file_starts=np.array([0, shape[0]], dtype=np.int64),
+        close=file.close,
+    )

@@ -1,0 +1,195 @@
+"""Several files as one dataset: their cells one after the other, their features checked equal.
+
+Each file (``.h5ad`` or ``.h5mu``) is opened for its obs, var and shape; its row reader opens at
+the first read of one of its rows, so a rank that reads only some files opens only those. Global
+row ``g`` is row ``g - file_starts[i]`` of file ``i``. obs is the union of the files' columns
+(missing values NaN or None; a categorical column's categories merged in order of appearance).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from gpuload.errors import ArgumentError, SchemaError
+from gpuload.formats.store import MultiomeStore
+from gpuload.formats.types import Encoding, RowBlock
+
+
+class StackedRows:
+    """Row reads of global rows, split by file (see the module docstring).
+
+    ``touched`` holds the files whose readers have been asked for rows or sizes: the files a
+    rank has opened.
+    """
+
+    sidecar = None
+
+    def __init__(self, stores: list[MultiomeStore], starts: np.ndarray, encoding: Encoding) -> None:
+        self.stores, self.starts, self.encoding = stores, starts, encoding
+        self.touched: set[int] = set()
+        # A block of one file can be read straight into the caller's buffers when the file stores
+        # what the stack delivers: the same value and index types.
+        self.direct = [
+            s.encoding.kind != "dense"
+            and s.encoding.dtype == encoding.dtype
+            and s.encoding.index_dtype == encoding.index_dtype
+            for s in stores
+        ]
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+    def _by_file(self, rows: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        """(file, its local rows) for each file that ``rows`` (sorted) touch."""
+        bounds = np.searchsorted(rows, self.starts)
+        parts = [
+            (i, rows[bounds[i] : bounds[i + 1]] - self.starts[i])
+            for i in range(len(self.stores))
+            if bounds[i + 1] > bounds[i]
+        ]
+        self.touched.update(i for i, _ in parts)
+        return parts
+
+    def stored_values(self, rows: np.ndarray) -> int | None:
+        total = 0
+        for i, local in self._by_file(np.sort(rows)):
+            n = self.stores[i].stored_values(local)
+            if n is None:
+                return None
+            total += n
+        return total
+
+    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+        parts = self._by_file(rows)
+        if len(parts) == 1 and self.direct[parts[0][0]]:
+            block = self.stores[parts[0][0]].read_block(parts[0][1], empty)
+            return RowBlock(rows, block.indptr, block.indices, block.data)
+        blocks = [self.stores[i].read_block(local) for i, local in parts]
+        indptr = np.zeros(rows.size + 1, dtype=np.int64)
+        np.cumsum(np.concatenate([np.diff(b.indptr) for b in blocks] or [[]]), out=indptr[1:])
+        total = int(indptr[-1])
+        indices, data = empty(total, self.encoding.index_dtype), empty(total, self.encoding.dtype)
+        at = 0
+        for b in blocks:
+            n = b.indices.size
+            indices[at : at + n], data[at : at + n] = b.indices, b.data
+            at += n
+        return RowBlock(rows, indptr, indices, data)
+
+
+def union_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The files' obs one after the other: every column of any file (missing values NaN or
+    None), a column that is categorical anywhere categorical with the categories merged."""
+    merged = pd.concat(frames, join="outer")
+    for column in merged.columns:
+        parts = [f[column] for f in frames if column in f.columns]
+        if any(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):
+            seen: dict = {}
+            for p in parts:
+                values = p.cat.categories if isinstance(p.dtype, pd.CategoricalDtype) else p.dropna().unique()
+                seen.update(dict.fromkeys(values))
+            merged[column] = pd.Categorical(merged[column].to_numpy(dtype=object), categories=list(seen))
+    return merged
+
+
+def _check_same_features(stores: list[MultiomeStore]) -> None:
+    first = stores[0]
+    for store in stores[1:]:
+        if store.n_vars != first.n_vars:
+            raise SchemaError(
+                f"{store.path}: {store.n_vars} features, but {first.path} has {first.n_vars}; "
+                "files of one dataset need the same features"
+            )
+        mods = {m: s.width for m, s in store.modalities.items()}
+        if mods != {m: s.width for m, s in first.modalities.items()}:
+            raise SchemaError(
+                f"{store.path}: modalities {mods}, but {first.path} has "
+                f"{ {m: s.width for m, s in first.modalities.items()} }"
+            )
+        names, expected = store.var.index.to_numpy(), first.var.index.to_numpy()
+        differ = np.flatnonzero(names != expected)
+        if differ.size:
+            j = int(differ[0])
+            raise SchemaError(
+                f"{store.path}: var differs from {first.path}'s at feature {j}: {names[j]!r} there is "
+                f"{expected[j]!r} in {first.path} ({differ.size} features differ)"
+            )
+
+
+def _stacked_encoding(stores: list[MultiomeStore]) -> Encoding:
+    encodings = [s.encoding for s in stores]
+    kinds = {e.kind for e in encodings}
+    index = [e.index_dtype for e in encodings if e.index_dtype is not None]
+    nnz = [e.nnz for e in encodings]
+    return Encoding(
+        kind=kinds.pop() if len(kinds) == 1 else "mixed",
+        dtype=np.result_type(*[np.float32 if e.dtype == np.float16 else e.dtype for e in encodings]),
+        index_dtype=np.result_type(*index) if index else np.dtype(np.int32),
+        indptr_dtype=np.dtype(np.int64),
+        nnz=None if None in nnz else int(sum(nnz)),
+        chunks=None,
+        compression=None,
+    )
+
+
+def describe_files(paths: Sequence[Path]) -> str:
+    """How messages name a dataset of several files."""
+    shown = ", ".join(str(p) for p in paths[:3])
+    return f"[{shown}{f', and {len(paths) - 3} more' if len(paths) > 3 else ''}]"
+
+
+def open_stacked(paths: Sequence[Path], open_file: Callable[[Path], MultiomeStore]) -> MultiomeStore:
+    """The files ``paths`` as one dataset; ``open_file(path)`` opens one with a lazy reader."""
+    if not paths:
+        raise ArgumentError("data is an empty list; give one or more .h5ad/.h5mu paths")
+    resolved = [p.resolve() for p in paths]
+    repeated = [str(p) for i, p in enumerate(paths) if resolved[i] in resolved[:i]]
+    if repeated:
+        raise ArgumentError(f"data lists {repeated[0]} more than once; a file's cells would be repeated")
+    stores: list[MultiomeStore] = []
+    try:
+        for path in paths:
+            stores.append(open_file(path))
+        _check_same_features(stores)
+        keys = {s.key for s in stores}
+        if len(keys) != 1:
+            raise SchemaError(f"the files read different matrices: {sorted(keys)}")
+    except BaseException:
+        for store in stores:
+            store.close()
+        raise
+    sizes = [s.n_cells for s in stores]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    encoding = _stacked_encoding(stores)
+    obsm_keys = list(dict.fromkeys(k for s in stores for k in s.obsm_keys))
+
+    def obsm(key: str) -> np.ndarray:
+        parts = [s.obsm(key) for s in stores]  # a file without the key raises, naming itself
+        widths = {p.shape[1] for p in parts}
+        if len(widths) != 1:
+            raise SchemaError(f"obsm[{key!r}] has different widths {sorted(widths)} across the files")
+        return np.concatenate(parts)
+
+    first = stores[0]
+    return MultiomeStore(
+        describe_files(paths),
+        first.key,
+        encoding,
+        (int(starts[-1]), first.n_vars),
+        first.modalities,
+        union_obs([s.obs for s in stores]),
+        first.var,
+        StackedRows(stores, starts, encoding),
+        encodings={f"{p}:{k}": e for s, p in zip(stores, paths, strict=True) for k, e in s.encodings.items()},
+        layers=[layer for layer in first.layers if all(layer in s.layers for s in stores)],
+        obsm_keys=obsm_keys,
+        read_obsm=obsm,
+        files=tuple(f for s in stores for f in s.files),
+        file_starts=starts,
+        close=lambda: None,
+    )
