@@ -152,7 +152,7 @@ def tensors_of(item) -> list[torch.Tensor]:
             return [item.crow_indices(), item.col_indices(), item.values()]
         if item.layout in (torch.sparse_csc, torch.sparse_bsc):
             return [item.ccol_indices(), item.row_indices(), item.values()]
-        if item.layout == torch.sparse_coo:  # torch refuses an uncoalesced one's indices: coalesce it
+        if item.layout == torch.sparse_coo:  # torch raises for an uncoalesced one: coalesce() it first
             return [item.indices(), item.values()]
         return [item]
     if isinstance(item, LazyColumns):  # columns not made yet view buffers handed off already

@@ -149,9 +149,8 @@ class EpochSampler:
         rng = np.random.default_rng([self.seed, epoch])
         if self.weights is not None:
             p = self.weights / self.weights.sum()
-            return rng.choice(self.n, size=self.num_samples, replace=self.replacement, p=p).astype(
-                np.int64, copy=False
-            )
+            drawn = rng.choice(self.n, size=self.num_samples, replace=self.replacement, p=p)
+            return drawn.astype(np.int64, copy=False)
         if self.shuffle is False:
             return np.arange(self.n, dtype=np.int64)
         if self.shuffle == "full":
@@ -174,6 +173,7 @@ class EpochSampler:
 
     def state(self) -> dict:
         """What a checkpoint must agree on with the sampler that resumes it."""
+        digest = None if self.weights is None else hashlib.sha1(self.weights.tobytes()).hexdigest()[:16]
         return {
             "seed": self.seed,
             "shuffle": self.shuffle,
@@ -184,9 +184,7 @@ class EpochSampler:
             "chunk_size": self.chunk_size,
             "window": self.window,
             # None when unweighted, so that older checkpoints (without these keys) still load.
-            "weights": None
-            if self.weights is None
-            else hashlib.sha1(self.weights.tobytes()).hexdigest()[:16],
+            "weights": digest,
             "num_samples": self.num_samples,
             "replacement": None if self.weights is None else self.replacement,
         }
