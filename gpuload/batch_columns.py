@@ -91,6 +91,10 @@ class LazyColumns(MutableMapping):
     def __delitem__(self, key) -> None:
         del self._columns[key]
 
+    def made(self) -> list:
+        """The values made (or set) so far, without making the others."""
+        return [v for v in self._columns.values() if v is not _NOT_MADE]
+
     def __iter__(self) -> Iterator:
         return iter(self._columns)
 

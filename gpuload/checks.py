@@ -29,3 +29,30 @@ def one_of(name: str, value, valid: tuple):
     if value not in valid:
         raise ArgumentError(f"{name} must be one of {valid}, got {value!r}")
     return value
+
+
+def weight_array(values, n: int) -> np.ndarray:
+    """``weights=`` as float64: ``n`` finite, non-negative values, not all zero (a sampler
+    cannot draw from nothing)."""
+    try:
+        weights = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise ArgumentError(
+            f"weights must be one number per selected cell, got {type(values).__name__}"
+        ) from e
+    if weights.shape != (n,):
+        raise ArgumentError(
+            f"weights must hold one weight per selected cell ({n}, in loader.positions order), "
+            f"got shape {weights.shape}"
+        )
+    if not np.isfinite(weights).all():
+        raise ArgumentError(
+            f"weights must be finite; entry {int(np.flatnonzero(~np.isfinite(weights))[0])} is not"
+        )
+    if (weights < 0).any():
+        raise ArgumentError(
+            f"weights must be non-negative; entry {int(np.flatnonzero(weights < 0)[0])} is negative"
+        )
+    if not weights.any():
+        raise ArgumentError("weights are all zero: at least one cell needs a positive weight")
+    return weights

@@ -6,6 +6,11 @@ bounded queues, so memory is O(window + prefetch); an exception in either thread
 consumer, after the batches assembled before it; however the consumer leaves (end, break,
 exception, garbage collection), both threads stop. Each batch is handed to the consumer's stream
 in the consumer's thread (:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
+
+A ``batch_transform`` runs in the assembler thread, batch by batch, on the loader's stream; the
+super-batch is then handed off with an event recorded after the transforms (not the kernels'),
+together with the tensors the transforms returned, so the consumer's stream waits for the
+transforms' work and the allocator keeps their outputs until the consumer is done with them.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import queue
 import threading
 import warnings
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numba
+import torch
 
 from gpuload.assembly import Assembled, BatchAssembler
+from gpuload.batch_columns import LazyColumns
+from gpuload.device import Backend
 from gpuload.errors import GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.sampler import LoadRequest
@@ -52,6 +60,8 @@ class EpochRun:
         Super-batches the assembler may hold ready (besides the one being handed out).
     num_threads
         Threads of the CPU kernel.
+    batch_transform
+        Applied to every batch in the assembler thread (see the module docstring), or None.
     """
 
     def __init__(
@@ -62,9 +72,10 @@ class EpochRun:
         *,
         prefetch: int,
         num_threads: int,
+        batch_transform: Callable[[dict], dict] | None = None,
     ) -> None:
         self.requests, self.fetcher, self.assembler = requests, fetcher, assembler
-        self.prefetch, self.num_threads = prefetch, num_threads
+        self.prefetch, self.num_threads, self.batch_transform = prefetch, num_threads, batch_transform
         self.stopped = threading.Event()
         self.stages: list[Background] = []
 
@@ -88,7 +99,10 @@ class EpochRun:
             with backend.device_context():
                 for block, request in groups:
                     for batches in assembler.super_batches(block, request.batches):
-                        yield assembler.assemble(block, batches)
+                        assembled = assembler.assemble(block, batches)
+                        if self.batch_transform is not None:
+                            assembled = yield from transformed(assembled, self.batch_transform, backend)
+                        yield assembled
 
         groups = Background(read_groups(), 1, "gpuload-reader", self.stopped)
         ready = Background(assemble_batches(groups), self.prefetch, "gpuload-assembler", self.stopped)
@@ -105,6 +119,49 @@ class EpochRun:
             self.stopped.set()
             self.join()
             _RUNNING.discard(self)
+
+
+def transformed(assembled: Assembled, transform: Callable[[dict], dict], backend: Backend):
+    """``assembled`` with ``transform`` applied to each batch on the loader's stream, fenced
+    after the transforms and handing their tensors off too (a generator returning it: when the
+    transform fails, the batches before yield first, then the exception propagates)."""
+    out = []
+    with backend.on_stream():
+        try:
+            for batch in assembled.batches:
+                out.append(transform(batch))
+        except Exception:
+            if out:
+                fence = backend.fence("batch transform")
+                yield Assembled(out, fence, handed_off(assembled, out, backend))
+            raise
+        fence = backend.fence("batch transform")
+    return Assembled(out, fence, handed_off(assembled, out, backend), assembled.error)
+
+
+def handed_off(assembled: Assembled, batches: list, backend: Backend) -> tuple[torch.Tensor, ...]:
+    """The super-batch's buffers and, on the stream faces, the tensors of its transformed batches."""
+    return (*assembled.buffers, *(tensors_of(batches) if backend.streams else ()))
+
+
+def tensors_of(item) -> list[torch.Tensor]:
+    """The tensors inside ``item`` (dicts, lists, tuples, a batch's obs columns made so far;
+    a sparse tensor as its component tensors, which ``record_stream`` takes)."""
+    if isinstance(item, torch.Tensor):
+        if item.layout in (torch.sparse_csr, torch.sparse_bsr):
+            return [item.crow_indices(), item.col_indices(), item.values()]
+        if item.layout in (torch.sparse_csc, torch.sparse_bsc):
+            return [item.ccol_indices(), item.row_indices(), item.values()]
+        if item.layout == torch.sparse_coo:  # torch raises for an uncoalesced one: coalesce() it first
+            return [item.indices(), item.values()]
+        return [item]
+    if isinstance(item, LazyColumns):  # columns not made yet view buffers handed off already
+        return [t for value in item.made() for t in tensors_of(value)]
+    if isinstance(item, dict):
+        return [t for value in item.values() for t in tensors_of(value)]
+    if isinstance(item, list | tuple):
+        return [t for value in item for t in tensors_of(value)]
+    return []
 
 
 @dataclass

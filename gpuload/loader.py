@@ -13,14 +13,14 @@ Data flow of one epoch, as this module composes it:
    (:mod:`gpuload.integrations.dali`).
 
 Exactness: every epoch visits each selected cell exactly once (plus the documented DDP padding),
-in the documented order; ``state_dict`` records how many batches were consumed, so a fresh
-process resumes with exactly the remaining cells.
+in the documented order (under ``weights=``, the epoch's draw instead); ``state_dict`` records
+how many batches were consumed, so a fresh process resumes with exactly the remaining cells.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from gpuload.epoch import EpochRun
 from gpuload.errors import ArgumentError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import MultiomeStore, open_multiome
-from gpuload.plan import build_plan
+from gpuload.plan import build_plan, cell_weights
 from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
 
 
@@ -109,6 +109,20 @@ class MultiomeLoader:
         Output bytes assembled per kernel launch (several batches at once; default by face,
         see :data:`gpuload.assembly.SUPER_BATCH_BYTES`). A batch the user keeps keeps its
         super-batch's buffer alive.
+    weights, num_samples, replacement
+        Weighted sampling, as ``torch.utils.data.WeightedRandomSampler``: each epoch draws
+        ``num_samples`` cells (default: every selected cell's count) with probability
+        proportional to their weight, with or without ``replacement``, as a function of (seed,
+        epoch); DDP ranks split that one draw like any order. ``weights`` is one non-negative
+        weight per selected cell (aligned with :attr:`positions`) or the name of an obs column
+        whose values are balanced: each cell weighs 1 / (selected cells of its value), and a
+        missing value weighs 0 (see :mod:`gpuload.plan.weights`). The draw is random, so
+        ``shuffle`` is irrelevant, but ``shuffle=False`` is refused.
+    batch_transform
+        A callable ``batch -> batch`` applied to every batch in the assembler thread, on the
+        loader's stream, before hand-off (its exceptions reach the loop after the batches
+        before); not with ``pipeline="dali"``, whose tensors are fixed. Tensors in the
+        returned dicts, lists and tuples are handed to the consumer's stream.
     num_workers, pin_memory
         Accepted for drop-in compatibility with DataLoader and ignored: gpuload's reader
         thread replaces worker processes, and outputs are written on the target device.
@@ -143,6 +157,10 @@ class MultiomeLoader:
         output: str = "dense",
         super_batch_bytes: int | None = None,
         cache_dir: str | os.PathLike | None = None,
+        weights: np.ndarray | Sequence[float] | str | None = None,
+        num_samples: int | None = None,
+        replacement: bool = True,
+        batch_transform: Callable[[dict], dict] | None = None,
         num_workers: int = 0,
         pin_memory: bool = False,
     ) -> None:
@@ -154,12 +172,7 @@ class MultiomeLoader:
         self.drop_last = bool(drop_last)
         seed = non_negative_int("seed", seed)
         check_output(dtype, output, super_batch_bytes)
-        if pipeline not in ("native", "dali"):
-            raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
-        if pipeline == "dali":
-            from gpuload.integrations.dali import check_batches
-
-            check_batches(dtype, output)
+        self.batch_transform = check_pipeline(pipeline, dtype, output, batch_transform)
         self.dtype, self.pipeline, self.output = dtype, pipeline, output
         owns_store = not isinstance(data, MultiomeStore)
         self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
@@ -179,8 +192,10 @@ class MultiomeLoader:
                 query=frames.query,
             )
             rank, world_size = distributed_share(rank, world_size)
+            w = cell_weights(weights, self.store.obs, self.positions, self.store.path)
+            order = (self.positions.size, shuffle, chunk_size, window, seed, rank, world_size)
             self.epoch_sampler = EpochSampler(
-                self.positions.size, shuffle, chunk_size, window, seed, rank, world_size, self.drop_last
+                *order, self.drop_last, weights=w, num_samples=num_samples, replacement=replacement
             )
             self.obs_frame = frames.frame(self.store.obs[list(self.plan.obs_keys)])
             self.assembler = BatchAssembler(
@@ -280,7 +295,12 @@ class MultiomeLoader:
         s = self.epoch_sampler
         requests = load_requests(batches, self.positions, s.chunk_size, s.window, self.batch_size)
         run = EpochRun(
-            requests, self.fetcher, self.assembler, prefetch=self.prefetch, num_threads=self.num_threads
+            requests,
+            self.fetcher,
+            self.assembler,
+            prefetch=self.prefetch,
+            num_threads=self.num_threads,
+            batch_transform=self.batch_transform,
         )
         self._active_run = run
         source = iter(run)
@@ -299,3 +319,23 @@ class MultiomeLoader:
                 self._active_run = None
         self._epoch += 1
         self._batches_done = 0
+
+
+def check_pipeline(pipeline: str, dtype: torch.dtype, output: str, batch_transform) -> Callable | None:
+    """``batch_transform``, once the hand-off options are known to fit together."""
+    if pipeline not in ("native", "dali"):
+        raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
+    if batch_transform is not None and not callable(batch_transform):
+        raise ArgumentError(
+            f"batch_transform must be a callable batch -> batch or None, got {batch_transform!r}"
+        )
+    if pipeline == "dali":
+        from gpuload.integrations.dali import check_batches
+
+        check_batches(dtype, output)
+        if batch_transform is not None:
+            raise ArgumentError(
+                "batch_transform cannot be used with pipeline='dali': DALI hands over a fixed set of "
+                "named tensors; transform the batches DALI yields, or use pipeline='native'"
+            )
+    return batch_transform

@@ -15,10 +15,17 @@ Orders
     mixes cells from ``window`` random places in the file.
 ``shuffle="full"``
     A uniform random permutation (random reads: correct, but slow on disk).
+``weights=`` (weighted sampling, as ``torch.utils.data.WeightedRandomSampler``)
+    ``num_samples`` positions drawn with probabilities proportional to ``weights`` (with or
+    without replacement): one draw per epoch, from the same ``(seed, epoch)`` generator, so a
+    cell may appear several times (it is read once per read group) or never. ``shuffle`` is
+    irrelevant then, except that ``shuffle=False`` (file order) is refused. Reads are random,
+    as under ``"full"``.
 
 Sharding
 --------
-Like ``torch.utils.data.DistributedSampler``: with ``drop_last=False`` the order is padded by
+Like ``torch.utils.data.DistributedSampler``, over the epoch's order (a weighted draw too: the
+ranks split one global draw): with ``drop_last=False`` the order is padded by
 repeating its first cells until it divides by ``world_size``; with ``drop_last=True`` the tail
 is dropped. Rank ``r`` takes the ``r``-th contiguous segment of the epoch order, so under
 block shuffle each rank reads whole windows.
@@ -31,12 +38,13 @@ Reads
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from gpuload.checks import non_negative_int, positive_int
+from gpuload.checks import non_negative_int, positive_int, weight_array
 from gpuload.errors import ArgumentError
 
 SHUFFLE_MODES = (False, True, "block", "full")
@@ -74,6 +82,10 @@ class EpochSampler:
         This process's share under data parallelism.
     drop_last
         Drop the remainder instead of padding when sharding (and the last short batch).
+    weights, num_samples, replacement
+        Weighted sampling: one non-negative weight per cell (``None``: unweighted), the epoch's
+        number of draws (default ``n``) and whether a cell may be drawn more than once
+        (``replacement=False`` needs ``num_samples`` <= the cells of nonzero weight).
     """
 
     n: int
@@ -84,6 +96,9 @@ class EpochSampler:
     rank: int = 0
     world_size: int = 1
     drop_last: bool = False
+    weights: np.ndarray | None = field(default=None, compare=False, repr=False)  # in state()'s digest
+    num_samples: int | None = None
+    replacement: bool = True
 
     def __post_init__(self) -> None:
         if self.shuffle not in SHUFFLE_MODES:
@@ -92,12 +107,50 @@ class EpochSampler:
             positive_int(name, getattr(self, name))
         if not 0 <= self.rank < self.world_size:
             raise ArgumentError(f"rank must lie in [0, world_size={self.world_size}), got {self.rank}")
-        if self.world_size > self.n:
-            raise ArgumentError(f"world_size={self.world_size} is larger than the {self.n} selected cells")
+        if self.weights is not None:
+            self._check_weighting()
+        elif self.num_samples is not None or self.replacement is not True:
+            raise ArgumentError(
+                "num_samples and replacement=False apply to weighted sampling: pass weights= too "
+                "(np.ones(n) for uniform sampling)"
+            )
+        if self.world_size > self.length:
+            cells = f"{self.n} selected cells" if self.weights is None else f"num_samples={self.length}"
+            raise ArgumentError(f"world_size={self.world_size} is larger than the {cells}")
+
+    def _check_weighting(self) -> None:
+        """Check the weighted options and freeze a private copy of the weights."""
+        weights = weight_array(self.weights, self.n).copy()
+        weights.flags.writeable = False
+        object.__setattr__(self, "weights", weights)
+        if self.shuffle is False:
+            raise ArgumentError(
+                "shuffle=False asks for file order, but weights= draws a random order; leave shuffle "
+                "at its default (it is ignored under weights)"
+            )
+        if not isinstance(self.replacement, bool):
+            raise ArgumentError(f"replacement must be True or False, got {self.replacement!r}")
+        num_samples = self.n if self.num_samples is None else positive_int("num_samples", self.num_samples)
+        object.__setattr__(self, "num_samples", num_samples)
+        nonzero = int(np.count_nonzero(weights))
+        if not self.replacement and num_samples > nonzero:
+            raise ArgumentError(
+                f"replacement=False draws each cell at most once, so num_samples must be <= the "
+                f"{nonzero} cells of nonzero weight, got num_samples={num_samples}"
+            )
+
+    @property
+    def length(self) -> int:
+        """Cells in an epoch's order, before sharding: ``n``, or ``num_samples`` under weights."""
+        return self.n if self.num_samples is None else self.num_samples
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """The whole epoch's order (all ranks), as positions in ``range(n)``."""
         rng = np.random.default_rng([self.seed, epoch])
+        if self.weights is not None:
+            p = self.weights / self.weights.sum()
+            drawn = rng.choice(self.n, size=self.num_samples, replace=self.replacement, p=p)
+            return drawn.astype(np.int64, copy=False)
         if self.shuffle is False:
             return np.arange(self.n, dtype=np.int64)
         if self.shuffle == "full":
@@ -107,8 +160,8 @@ class EpochSampler:
     @property
     def per_rank(self) -> int:
         if self.drop_last:
-            return self.n // self.world_size
-        return -(-self.n // self.world_size)
+            return self.length // self.world_size
+        return -(-self.length // self.world_size)
 
     def rank_order(self, epoch: int) -> np.ndarray:
         """This rank's contiguous segment of the (padded or trimmed) epoch order."""
@@ -120,6 +173,7 @@ class EpochSampler:
 
     def state(self) -> dict:
         """What a checkpoint must agree on with the sampler that resumes it."""
+        digest = None if self.weights is None else hashlib.sha1(self.weights.tobytes()).hexdigest()[:16]
         return {
             "seed": self.seed,
             "shuffle": self.shuffle,
@@ -129,6 +183,10 @@ class EpochSampler:
             "drop_last": self.drop_last,
             "chunk_size": self.chunk_size,
             "window": self.window,
+            # None when unweighted, so that older checkpoints (without these keys) still load.
+            "weights": digest,
+            "num_samples": self.num_samples,
+            "replacement": None if self.weights is None else self.replacement,
         }
 
 

@@ -1,5 +1,6 @@
 """Run by torchrun in tests/test_distributed.py: each rank iterates its share of an epoch
-(and a resumed epoch) and rank 0 writes what every rank saw to a JSON file."""
+(and a resumed epoch), unweighted and then weighted (601 draws balanced by cell type, beside
+the single-process draw of that epoch), and rank 0 writes what every rank saw to a JSON file."""
 
 from __future__ import annotations
 
@@ -11,6 +12,29 @@ import torch
 import torch.distributed as dist
 
 from gpuload import MultiomeLoader
+
+
+def share(path, kwargs: dict) -> dict:
+    """This rank's batches of epoch 0, and whether a resumed epoch 1 equals an uninterrupted one."""
+    loader = MultiomeLoader(path, **kwargs)
+    epoch = [b["index"].tolist() for b in loader]
+    # Resume: two batches of epoch 1, then a fresh loader continues from the state.
+    first = MultiomeLoader(path, **kwargs)
+    first.set_epoch(1)
+    it = iter(first)
+    head = [next(it)["index"].tolist() for _ in range(2)]
+    resumed = MultiomeLoader(path, **kwargs)
+    resumed.load_state_dict(first.state_dict())
+    tail = [b["index"].tolist() for b in resumed]
+    whole = MultiomeLoader(path, **kwargs)
+    whole.set_epoch(1)
+    uninterrupted = [b["index"].tolist() for b in whole]
+    return {
+        "len": len(loader),
+        "epoch": epoch,
+        "resumed_ok": head + tail == uninterrupted,
+        "device": str(loader.backend.torch_device),
+    }
 
 
 def main(path: str, out: str, drop_last: str) -> None:
@@ -29,26 +53,15 @@ def main(path: str, out: str, drop_last: str) -> None:
         chunk_size=16,
         window=4,
     )
-    loader = MultiomeLoader(data, **kwargs)
-    epoch = [b["index"].tolist() for b in loader]
-    where = str(loader.backend.torch_device)
-    # Resume: two batches of epoch 1, then a fresh loader continues from the state.
-    first = MultiomeLoader(data, **kwargs)
-    first.set_epoch(1)
-    it = iter(first)
-    head = [next(it)["index"].tolist() for _ in range(2)]
-    resumed = MultiomeLoader(data, **kwargs)
-    resumed.load_state_dict(first.state_dict())
-    tail = [b["index"].tolist() for b in resumed]
-    whole = MultiomeLoader(data, **kwargs)
-    whole.set_epoch(1)
-    uninterrupted = [b["index"].tolist() for b in whole]
+    weighted = {**kwargs, "weights": "cell_type", "num_samples": 601}
+    single = MultiomeLoader(data, **{**weighted, "drop_last": False}, rank=0, world_size=1)  # the whole draw
     mine = {
         "rank": dist.get_rank(),
-        "len": len(loader),
-        "epoch": epoch,
-        "resumed_ok": head + tail == uninterrupted,
-        "device": where,
+        **share(data, kwargs),
+        "weighted": {
+            **share(data, weighted),
+            "single": [i for b in single.batch_rows(0) for i in b.tolist()],
+        },
     }
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, mine)

@@ -358,6 +358,7 @@ class CudaBackend(Backend):
         consumer = torch.cuda.current_stream(self.torch_device)
         consumer.wait_event(fence)
         for tensor in tensors:
-            tensor.record_stream(consumer)
+            if tensor.is_cuda:  # a batch_transform may return host tensors too
+                tensor.record_stream(consumer)
         self.note("wait", "event")
         self.note("record_stream", "batch", len(tensors))
