@@ -1,12 +1,13 @@
-"""What reading through an ``.h5mu`` or several files costs: the same cells, one loader each, same run.
+"""What reading through an ``.h5mu``, several files or a weighted draw costs: same cells, same run.
 
     python benchmarks/sources.py FILE [--out DIR] [--batch-size 256] [--epochs 2]
 
 From FILE (a multiome h5ad) it writes, once, into DIR: the same cells as an ``.h5mu`` (``GEX`` and
 ``ATAC`` as two modalities, every cell in both) and as three h5ad files of a third of the cells
-each. Then it times shuffled epochs of each source, both modalities at full width, dense float32
-+ all obs, on the CPU face, interleaving the sources epoch by epoch so a noisy machine hurts each
-alike, and reports cells/s and the ratio to the single h5ad (the reference of the same run).
+each. Then it times shuffled epochs of each source, and of FILE drawn with
+``weights="cell_type"``, both modalities at full width, dense float32 + all obs, on the CPU face,
+interleaving the sources epoch by epoch so that a noisy machine hurts each alike, and reports
+cells/s and the ratio to the single h5ad (the reference of the same run).
 """
 
 from __future__ import annotations
@@ -48,10 +49,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--epochs", type=int, default=2)
     args = p.parse_args(argv)
     sources = write_sources(args.file, args.out)
-    loaders = {
-        name: MultiomeLoader(data, batch_size=args.batch_size, seed=0, device="cpu", modalities=("GEX", "ATAC"))
-        for name, data in sources.items()
-    }
+    options = dict(batch_size=args.batch_size, seed=0, device="cpu", modalities=("GEX", "ATAC"))
+    loaders = {name: MultiomeLoader(data, **options) for name, data in sources.items()}
+    # The same h5ad drawn balanced by cell type: random rows, as shuffle="full" reads them.
+    loaders["weighted"] = MultiomeLoader(args.file, weights="cell_type", **options)
     for loader in loaders.values():  # warm-up: numba compilation, page cache
         for _ in zip(range(4), loader, strict=False):
             pass
@@ -64,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
                 cells[name] += batch["GEX"].shape[0]
             seconds[name] += time.perf_counter() - start
     rates = {name: cells[name] / seconds[name] for name in loaders}
-    print(f"{args.file} ({loaders['h5ad'].store.n_cells:,} cells), B={args.batch_size}, {args.epochs} epochs each")
+    n = loaders["h5ad"].store.n_cells
+    print(f"{args.file} ({n:,} cells), B={args.batch_size}, {args.epochs} epochs each")
     print(f"{'source':<10} {'cells/s':>10} {'vs h5ad':>8}")
     for name, rate in rates.items():
         print(f"{name:<10} {rate:>10,.0f} {rate / rates['h5ad']:>7.2f}x")

@@ -328,3 +328,21 @@ def test_info_describes_an_h5mu(gappy_h5mu, capsys):
     assert "rna/X: csr" in out and "atac/X: csc" in out
     with open_multiome(gappy_h5mu[0]) as store:
         assert {"joint", "rna:X_pca"} <= set(store.obsm_keys)
+
+
+def test_h5mu_files_as_one_dataset(gappy_h5mu, tmp_path):
+    """Two .h5mu files in a list: the second's cells follow the first's, each paired its own way."""
+    import shutil
+
+    path, mdata = gappy_h5mu
+    copy = tmp_path / "copy.h5mu"
+    shutil.copy(path, copy)
+    n = mdata.n_obs
+    loader = MultiomeLoader([path, copy], batch_size=100, seed=1, device="cpu", obsm_keys=["joint"])
+    assert len(loader.positions) == 2 * n
+    for batch in loader:
+        rows, files = batch["index"].numpy(), batch["file"].numpy()
+        np.testing.assert_array_equal(files, rows >= n)
+        for mod in ("rna", "atac"):
+            np.testing.assert_allclose(batch[mod].numpy(), _expected(mdata, mod, rows % n)[0], rtol=1e-6)
+        np.testing.assert_allclose(batch["obsm"]["joint"].numpy(), mdata.obsm["joint"][rows % n])

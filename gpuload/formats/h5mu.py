@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pandas as pd
+from numba import njit
 
 from gpuload.errors import ArgumentError, GpuloadError, InputFileError, SchemaError
 from gpuload.formats.encoding import ROW_READERS
@@ -31,6 +32,18 @@ def is_mudata(file: h5py.File) -> bool:
     return (kind.decode() if isinstance(kind, bytes) else kind) == "MuData" or (
         "mod" in file and "X" not in file
     )
+
+
+@njit(cache=True, nogil=True)
+def _place_rows(indptr, before, present, position, src_indptr, src_indices, src_data, offset, indices, data):
+    """Copy row ``position[k]`` of one modality's block into full-width row ``present[k]``, after
+    the ``before`` values of the modalities before it, its columns shifted by ``offset``."""
+    for k in range(present.size):
+        lo, hi = src_indptr[position[k]], src_indptr[position[k] + 1]
+        at = indptr[present[k]] + before[present[k]]
+        for t in range(hi - lo):
+            indices[at + t] = src_indices[lo + t] + offset
+            data[at + t] = src_data[lo + t]
 
 
 @dataclass(frozen=True)
@@ -83,13 +96,10 @@ class PairedRows:
         data = empty(total, self.dtype)
         before = np.cumsum(lengths, axis=1) - lengths  # a row's values of earlier modalities
         for m, (part, (present, position, block)) in enumerate(zip(self.parts, pieces, strict=True)):
-            seg = lengths[present, m]
-            n = int(seg.sum())
-            within = np.arange(n) - np.repeat(np.cumsum(seg) - seg, seg)
-            src = np.repeat(block.indptr[position], seg) + within
-            dst = np.repeat(indptr[present] + before[present, m], seg) + within
-            indices[dst] = block.indices[src] + part.offset
-            data[dst] = block.data[src]
+            _place_rows(
+                indptr, np.ascontiguousarray(before[:, m]), present, position, block.indptr,
+                block.indices, block.data, part.offset, indices, data,
+            )  # fmt: skip
         return RowBlock(rows, indptr, indices, data)
 
 

@@ -66,20 +66,42 @@ class StackedRows:
 
     def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         parts = self._by_file(rows)
-        if len(parts) == 1 and self.direct[parts[0][0]]:
-            block = self.stores[parts[0][0]].read_block(parts[0][1], empty)
-            return RowBlock(rows, block.indptr, block.indices, block.data)
-        blocks = [self.stores[i].read_block(local) for i, local in parts]
+        if all(self.direct[i] for i, _ in parts):  # each file reads straight into its slice
+            sizes = [self.stores[i].stored_values(local) for i, local in parts]
+            indices, data = (
+                empty(sum(sizes), self.encoding.index_dtype),
+                empty(sum(sizes), self.encoding.dtype),
+            )
+            starts = np.cumsum([0, *sizes])
+            blocks = [
+                self.stores[i].read_block(local, _Slices(indices[a:b], data[a:b]))
+                for (i, local), a, b in zip(parts, starts[:-1], starts[1:], strict=True)
+            ]
+        else:
+            blocks = [self.stores[i].read_block(local) for i, local in parts]
+            total = sum(b.indices.size for b in blocks)
+            indices, data = empty(total, self.encoding.index_dtype), empty(total, self.encoding.dtype)
+            at = 0
+            for b in blocks:
+                n = b.indices.size
+                indices[at : at + n], data[at : at + n] = b.indices, b.data
+                at += n
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(np.concatenate([np.diff(b.indptr) for b in blocks] or [[]]), out=indptr[1:])
-        total = int(indptr[-1])
-        indices, data = empty(total, self.encoding.index_dtype), empty(total, self.encoding.dtype)
-        at = 0
-        for b in blocks:
-            n = b.indices.size
-            indices[at : at + n], data[at : at + n] = b.indices, b.data
-            at += n
         return RowBlock(rows, indptr, indices, data)
+
+
+class _Slices:
+    """``empty(n, dtype)`` for one file's read: its slices of the stack's index and value
+    buffers, in the order a reader asks (indices, then values)."""
+
+    def __init__(self, *views: np.ndarray) -> None:
+        self.views = list(views)
+
+    def __call__(self, n: int, dtype) -> np.ndarray:
+        view = self.views.pop(0)
+        assert view.size == n and view.dtype == np.dtype(dtype), "a reader asked for other buffers"
+        return view
 
 
 def union_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
