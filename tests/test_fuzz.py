@@ -9,6 +9,9 @@ failure of that case, reported with its stderr tail, and a fresh worker takes th
 worker opens each file with ``MultiomeLoader(..., device="cpu")``, iterates one epoch, and runs
 ``gpuload info`` on it in-process.
 
+The templates are a CSR, a CSC and a dense h5ad, and an ``.h5mu`` of the CSR one's two modalities
+(written by mudata), whose mutations of X, layers and var land on its ATAC modality.
+
 Mutations are plain tuples, so hypothesis prints a falsifying example that can be replayed:
 
 - ``("flip", region, where, xor)``: xor one byte at fraction ``where`` of a region's bytes
@@ -37,8 +40,10 @@ import subprocess
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 
+import anndata as ad
 import h5py
 import numpy as np
 import pytest
@@ -55,7 +60,10 @@ N_VARS = N_GENES + N_PEAKS
 CASE_TIMEOUT_S = 60.0  # a first numba compile for a new dtype takes a few seconds; a hang takes forever
 STARTUP_TIMEOUT_S = 120.0
 REPLY_MARK = "@@gpuload-fuzz@@ "
-TEMPLATES = ("csr", "csc", "dense")
+TEMPLATES = ("csr", "csc", "dense", "h5mu")
+# The .h5mu template keeps X, layers and var per modality (mod/GEX, mod/ATAC) and obs globally:
+# an h5ad mutation of X, layers or var lands on the ATAC modality's copy.
+H5MU_PREFIX = "mod/ATAC/"
 
 # -- what gets mutated ---------------------------------------------------------------------------
 MATRIX_DATASETS = (
@@ -511,6 +519,37 @@ def _compact_copy(full: Path, out: Path) -> Path:
     return out
 
 
+def _h5mu_copy(full: Path, out: Path) -> Path:
+    """The h5ad's GEX and ATAC columns as the two modalities of a MuData, obs kept global."""
+    import mudata as md
+
+    adata = ad.read_h5ad(full)
+    adata.obsm, adata.uns = {}, {}
+    gex = adata.var["feature_types"].to_numpy() == "GEX"
+    parts = {}
+    for name, columns in (("GEX", gex), ("ATAC", ~gex)):
+        part = adata[:, columns].copy()
+        part.obs = part.obs[[]]
+        parts[name] = part
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata = md.MuData(parts)
+        mdata.obs = adata.obs.copy()
+        mdata.write(out)
+    return out
+
+
+def _h5mu_target(target):
+    """Where an h5ad mutation's target lives in the .h5mu template."""
+    if isinstance(target, str) and target.startswith(("X", "layers", "var")):
+        return H5MU_PREFIX + target
+    return target
+
+
+def _for_h5mu(mutations) -> list:
+    return [(m[0], _h5mu_target(m[1]), *m[2:]) if m[0] != "cut" else m for m in mutations]
+
+
 class Fuzzer:
     """Templates, their byte regions, the worker, and the check of one case."""
 
@@ -518,6 +557,10 @@ class Fuzzer:
         self.folder = folder
         self.templates, self.regions = {}, {}
         for fmt in TEMPLATES:
+            if fmt == "h5mu":
+                self.templates[fmt] = _h5mu_copy(self.folder / "full-csr.h5ad", folder / "template.h5mu")
+                self.regions[fmt] = storage_regions(self.templates[fmt])
+                continue
             full = write_synthetic(
                 folder / f"full-{fmt}.h5ad",
                 n_cells=N_CELLS,
@@ -533,8 +576,9 @@ class Fuzzer:
         self.cases = itertools.count()
 
     def check(self, template: str, mutations, kwargs: dict, info: bool = True) -> dict:
-        path = self.folder / f"case-{next(self.cases)}.h5ad"
-        apply_mutations(self.templates[template], path, mutations, self.regions[template])
+        path = self.folder / f"case-{next(self.cases)}{self.templates[template].suffix}"
+        edits = _for_h5mu(mutations) if template == "h5mu" else mutations
+        apply_mutations(self.templates[template], path, edits, self.regions[template])
         before = file_digest(path)
         try:
             verdict = self.worker.ask({"path": str(path), "kwargs": kwargs, "info": info})

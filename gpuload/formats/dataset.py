@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from gpuload.errors import InputFileError
 from gpuload.formats.h5ad import open_h5ad
 from gpuload.formats.h5mu import is_mudata, open_h5mu
 from gpuload.formats.hdf5 import open_hdf5
@@ -50,6 +51,11 @@ def open_multiome(
 
 def _open_file(path: Path, *, layer, modality_key: str, cache_dir, lazy: bool) -> MultiomeStore:
     file = open_hdf5(path, ".h5ad or .h5mu")
-    if is_mudata(file):
+    try:
+        mudata = is_mudata(file)
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on corrupt metadata
+        file.close()
+        raise InputFileError(f"{path}: its root attributes cannot be read ({e}); the file is corrupt") from e
+    if mudata:
         return open_h5mu(path, file, layer=layer, cache_dir=cache_dir, lazy=lazy)
     return open_h5ad(path, file, layer=layer, modality_key=modality_key, cache_dir=cache_dir, lazy=lazy)

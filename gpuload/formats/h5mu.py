@@ -28,6 +28,8 @@ from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader
 
 
 def is_mudata(file: h5py.File) -> bool:
+    """What the file says it is: a MuData root ``encoding-type`` (or, in files without one, a
+    ``mod`` group and no ``X``)."""
     kind = file.attrs.get("encoding-type", "")
     return (kind.decode() if isinstance(kind, bytes) else kind) == "MuData" or (
         "mod" in file and "X" not in file

@@ -108,12 +108,13 @@ def _random_split(n: int, fractions: Sequence[float], seed: int) -> tuple[dict[s
 
 
 class MultiomeDataModule(L.LightningDataModule):
-    """Train, validation and test :class:`~gpuload.MultiomeLoader` s of one multiome h5ad.
+    """Train, validation and test :class:`~gpuload.MultiomeLoader` s of one multiome dataset.
 
     Parameters
     ----------
     data
-        Path to an ``.h5ad`` (or an open :class:`~gpuload.MultiomeStore`, shared by the loaders).
+        What :class:`~gpuload.MultiomeLoader` reads: an ``.h5ad``, an ``.h5mu``, a list of them
+        (split over their union), or an open :class:`~gpuload.MultiomeStore` shared by the loaders.
     batch_size
         Cells per batch, every stage.
     split
@@ -134,7 +135,7 @@ class MultiomeDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data: str | os.PathLike | MultiomeStore,
+        data: str | os.PathLike | Sequence[str | os.PathLike] | MultiomeStore,
         *,
         batch_size: int,
         split: str | Mapping | None = "auto",
