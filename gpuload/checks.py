@@ -34,6 +34,9 @@ def one_of(name: str, value, valid: tuple):
 def weight_array(values, n: int) -> np.ndarray:
     """``weights=`` as float64: ``n`` finite, non-negative values, not all zero (a sampler
     cannot draw from nothing)."""
+    dtype = np.asarray(values).dtype
+    if dtype.kind not in "biuf":
+        raise ArgumentError(f"weights must be real numbers, one per selected cell; got dtype {dtype}")
     try:
         weights = np.asarray(values, dtype=np.float64)
     except (TypeError, ValueError) as e:

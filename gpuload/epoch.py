@@ -29,7 +29,7 @@ import torch
 from gpuload.assembly import Assembled, BatchAssembler
 from gpuload.batch_columns import LazyColumns
 from gpuload.device import Backend
-from gpuload.errors import GpuloadError
+from gpuload.errors import ArgumentError, GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.sampler import LoadRequest
 
@@ -129,7 +129,13 @@ def transformed(assembled: Assembled, transform: Callable[[dict], dict], backend
     with backend.on_stream():
         try:
             for batch in assembled.batches:
-                out.append(transform(batch))
+                result = transform(batch)
+                if result is None:
+                    raise ArgumentError(
+                        "batch_transform returned None; it must return the batch (e.g. `return batch` "
+                        "after changing it in place)"
+                    )
+                out.append(result)
         except Exception:
             if out:
                 fence = backend.fence("batch transform")

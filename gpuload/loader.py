@@ -31,7 +31,7 @@ from gpuload.device import Backend, ObsFrames, get_backend
 from gpuload.epoch import EpochRun
 from gpuload.errors import ArgumentError
 from gpuload.fetch import BlockFetcher
-from gpuload.formats import MultiomeStore, open_multiome
+from gpuload.formats import MultiomeStore, is_file_list, open_multiome
 from gpuload.plan import build_plan, cell_weights
 from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
 
@@ -186,7 +186,7 @@ class MultiomeLoader:
                 features=features,
                 obs_keys=obs_keys,
                 obsm_keys=obsm_keys,
-                deliver_file=isinstance(data, (list, tuple)),
+                deliver_file=is_file_list(data) or len(self.store.files) > 1,
                 subset=subset,
                 split=split,
                 query=frames.query,

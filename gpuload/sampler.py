@@ -128,7 +128,7 @@ class EpochSampler:
                 "shuffle=False asks for file order, but weights= draws a random order; leave shuffle "
                 "at its default (it is ignored under weights)"
             )
-        if not isinstance(self.replacement, bool):
+        if not isinstance(self.replacement, (bool, np.bool_)):
             raise ArgumentError(f"replacement must be True or False, got {self.replacement!r}")
         num_samples = self.n if self.num_samples is None else positive_int("num_samples", self.num_samples)
         object.__setattr__(self, "num_samples", num_samples)

@@ -104,6 +104,9 @@ def test_bad_batch_transform_is_refused(small_h5ad):
         MultiomeLoader(small_h5ad, device="cpu", batch_transform=3)
     with pytest.raises(ArgumentError, match="batch_transform cannot be used with pipeline='dali'"):
         MultiomeLoader(small_h5ad, device="cpu", pipeline="dali", batch_transform=lambda b: b)
+    in_place = MultiomeLoader(small_h5ad, device="cpu", batch_transform=lambda b: b.update(x=1))
+    with pytest.raises(ArgumentError, match="batch_transform returned None; it must return the batch"):
+        next(iter(in_place))
 
 
 @pytest.mark.cudasim

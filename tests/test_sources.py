@@ -272,7 +272,7 @@ def test_obs_union_merges_columns_and_categories(small_adata, tmp_path):
     loader = MultiomeLoader(paths, batch_size=160, shuffle=False, device="cpu")
     (batch,) = list(loader)
     cats = loader.categories("cell_type")
-    assert cats == [*a.obs["cell_type"].cat.categories, "new type"]
+    assert cats == sorted([*a.obs["cell_type"].cat.categories, "new type"])  # the lists differ: sorted
     assert batch["obs"]["cell_type"] == [*a.obs["cell_type"].astype(str), *["new type"] * 60]
     genes = batch["obs"]["GEX_n_genes"].numpy()
     assert np.isnan(genes[100:]).all() and (genes[:100] == a.obs["GEX_n_genes"].to_numpy()).all()
@@ -346,3 +346,76 @@ def test_h5mu_files_as_one_dataset(gappy_h5mu, tmp_path):
         for mod in ("rna", "atac"):
             np.testing.assert_allclose(batch[mod].numpy(), _expected(mdata, mod, rows % n)[0], rtol=1e-6)
         np.testing.assert_allclose(batch["obsm"]["joint"].numpy(), mdata.obsm["joint"][rows % n])
+
+
+# -- cases a review found ------------------------------------------------------------------------
+def test_h5mu_float16_and_dense_modalities_alone_and_in_a_list(small_adata, tmp_path):
+    """A float16 CSR modality is widened like a float16 h5ad; an h5mu with one dense modality
+    reads alone and inside a list (whose direct reads it cannot take)."""
+    rows = np.arange(small_adata.n_obs)
+    mdata = _mudata(small_adata, rows, rows)
+    mdata["atac"].X = mdata["atac"].X.toarray()
+    path = tmp_path / "f16-dense.h5mu"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mdata.write(path)
+    import h5py
+
+    with h5py.File(path, "r+") as f:  # scipy has no float16 sparse matrices: rewrite the values
+        values = f["mod/rna/X/data"][()].astype(np.float16)
+        del f["mod/rna/X/data"]
+        f["mod/rna/X/data"] = values
+    for data in (path, [path]):
+        (batch,) = list(MultiomeLoader(data, batch_size=600, shuffle=False, device="cpu"))
+        rna = small_adata.X[:, :G].toarray().astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(batch["rna"].numpy(), rna)
+        np.testing.assert_allclose(batch["atac"].numpy(), small_adata.X[:, G:].toarray(), rtol=1e-6)
+
+
+def test_files_with_moved_modality_columns_are_refused(small_adata, tmp_path):
+    a, b = small_adata[:20].copy(), small_adata[20:40].copy()
+    types = b.var["feature_types"].astype(str).to_numpy()
+    types[[0, G]] = types[[G, 0]]  # same names, one gene and one peak swap modalities
+    b.var["feature_types"] = pd.Categorical(types)
+    paths = [tmp_path / "a.h5ad", tmp_path / "b.h5ad"]
+    a.write_h5ad(paths[0])
+    b.write_h5ad(paths[1])
+    with pytest.raises(SchemaError, match=r"b.h5ad: the columns of modality 'GEX' are not those of .*a.h5ad"):
+        MultiomeLoader(paths)
+
+
+def test_obs_union_keeps_bools_and_sorts_differing_categories(small_adata, tmp_path):
+    a, b = small_adata[:30].copy(), small_adata[30:60].copy()
+    a.obs = pd.DataFrame({"flag": [True, False] * 15, "kind": pd.Categorical(["z"] * 30)}, index=a.obs_names)
+    b.obs = pd.DataFrame({"kind": pd.Categorical(["b", "a"] * 15)}, index=b.obs_names)
+    paths = [tmp_path / "a.h5ad", tmp_path / "b.h5ad"]
+    a.write_h5ad(paths[0])
+    b.write_h5ad(paths[1])
+    loader = MultiomeLoader(paths, batch_size=60, shuffle=False, device="cpu")
+    (batch,) = list(loader)
+    assert batch["obs"]["flag"].dtype == torch.bool
+    assert batch["obs"]["flag"][:30].tolist() == [True, False] * 15 and not batch["obs"]["flag"][30:].any()
+    assert loader.categories("kind") == ["a", "b", "z"]  # as anndata.concat merges them
+    assert batch["obs"]["kind"] == ["z"] * 30 + ["b", "a"] * 15
+    one = MultiomeLoader(np.array([str(p) for p in paths]), batch_size=60, device="cpu")  # an array of paths
+    assert len(one.files) == 2
+
+
+def test_h5mu_tfidf_counts_the_cells_the_modality_measured(gappy_h5mu):
+    """TF-IDF's n is the selected cells ATAC has, as muon computes it on mdata['atac']."""
+    path, mdata = gappy_h5mu
+    loader = MultiomeLoader(
+        path, modalities="atac", transform="tfidf", batch_size=1000, shuffle=False, device="cpu"
+    )
+    (batch,) = list(loader)
+    atac = mdata["atac"]
+    x = atac.X.toarray().astype(np.float64)
+    tf = x / x.sum(axis=1, keepdims=True).clip(min=1e-12)
+    col = x.sum(axis=0)
+    idf = np.where(col > 0, atac.n_obs / np.where(col > 0, col, 1), 0.0)
+    expected = np.log1p(tf * 1e4) * np.log1p(idf)
+    has = np.isin(mdata.obs_names, atac.obs_names)
+    got = batch["atac"].numpy()[has]
+    order = pd.Index(atac.obs_names).get_indexer(mdata.obs_names[has])
+    np.testing.assert_allclose(got, expected[order], rtol=1e-4, atol=1e-5)
+    assert not batch["atac"].numpy()[~has].any()

@@ -7,8 +7,8 @@ them; every opener builds the one :class:`~gpuload.formats.store.MultiomeStore`;
 reads obs, var and obsm, and ``types`` is the vocabulary they share.
 """
 
-from gpuload.formats.dataset import open_multiome
+from gpuload.formats.dataset import is_file_list, open_multiome
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader
 
-__all__ = ["Encoding", "Modality", "MultiomeStore", "RowBlock", "RowReader", "open_multiome"]
+__all__ = ["is_file_list", "Encoding", "Modality", "MultiomeStore", "RowBlock", "RowReader", "open_multiome"]

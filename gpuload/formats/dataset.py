@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from gpuload.errors import InputFileError
 from gpuload.formats.h5ad import open_h5ad
 from gpuload.formats.h5mu import is_mudata, open_h5mu
@@ -44,9 +47,14 @@ def open_multiome(
         ``~/.cache/gpuload``); unused for CSR and dense files.
     """
     open_one = partial(_open_file, layer=layer, modality_key=modality_key, cache_dir=cache_dir)
-    if isinstance(data, (list, tuple)):
-        return open_stacked([Path(p) for p in data], partial(open_one, lazy=True))
+    if is_file_list(data):
+        return open_stacked([Path(p) for p in list(data)], partial(open_one, lazy=True))
     return open_one(Path(data), lazy=False)
+
+
+def is_file_list(data) -> bool:
+    """Whether ``data`` names several files (a list, tuple, array or Series of paths)."""
+    return isinstance(data, (Sequence, np.ndarray, pd.Series)) and not isinstance(data, (str, bytes))
 
 
 def _open_file(path: Path, *, layer, modality_key: str, cache_dir, lazy: bool) -> MultiomeStore:

@@ -24,7 +24,7 @@ from gpuload.formats.frames import obsm_keys_of, read_obs, read_obsm, read_var
 from gpuload.formats.hdf5 import find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
-from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader
+from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader, kernel_values
 
 
 def is_mudata(file: h5py.File) -> bool:
@@ -87,6 +87,7 @@ class PairedRows:
             present = np.flatnonzero(local >= 0)
             order = np.argsort(local[present], kind="stable")
             block = part.reader.read(local[present][order])
+            block = RowBlock(block.rows, block.indptr, block.indices, kernel_values(block.data))
             position = np.empty(present.size, dtype=np.int64)  # each present row's place in block
             position[order] = np.arange(present.size)
             lengths[present, m] = np.diff(block.indptr)[position]
@@ -245,4 +246,5 @@ def _open(path: Path, file: h5py.File, layer, cache_dir, lazy: bool, readers: li
         files=(path,),
         file_starts=np.array([0, len(obs)], dtype=np.int64),
         close=file.close,
+        measured={n: p.local >= 0 for n, p in zip(names, parts, strict=True) if (p.local < 0).any()},
     )

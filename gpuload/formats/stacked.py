@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from gpuload.errors import ArgumentError, SchemaError
+from gpuload.formats.h5mu import PairedRows
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Encoding, RowBlock
 
@@ -31,10 +32,11 @@ class StackedRows:
     def __init__(self, stores: list[MultiomeStore], starts: np.ndarray, encoding: Encoding) -> None:
         self.stores, self.starts, self.encoding = stores, starts, encoding
         self.touched: set[int] = set()
-        # A block of one file can be read straight into the caller's buffers when the file stores
-        # what the stack delivers: the same value and index types.
+        # A file's rows can be read straight into the caller's buffers when its reader allocates
+        # what the stack delivers (the same value and index types): a CSR file's reader, or an
+        # .h5mu's, allocates its encoding's types (a CSC sidecar and a dense read choose their own).
         self.direct = [
-            s.encoding.kind != "dense"
+            (s.encoding.kind == "csr" or isinstance(s.reader, PairedRows))
             and s.encoding.dtype == encoding.dtype
             and s.encoding.index_dtype == encoding.index_dtype
             for s in stores
@@ -66,8 +68,8 @@ class StackedRows:
 
     def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         parts = self._by_file(rows)
-        if all(self.direct[i] for i, _ in parts):  # each file reads straight into its slice
-            sizes = [self.stores[i].stored_values(local) for i, local in parts]
+        sizes = [self.stores[i].stored_values(local) if self.direct[i] else None for i, local in parts]
+        if None not in sizes:  # each file reads straight into its slice
             indices, data = (
                 empty(sum(sizes), self.encoding.index_dtype),
                 empty(sum(sizes), self.encoding.dtype),
@@ -111,11 +113,16 @@ def union_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
     for column in merged.columns:
         parts = [f[column] for f in frames if column in f.columns]
         if any(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):
-            seen: dict = {}
-            for p in parts:
-                values = p.cat.categories if isinstance(p.dtype, pd.CategoricalDtype) else p.dropna().unique()
-                seen.update(dict.fromkeys(values))
-            merged[column] = pd.Categorical(merged[column].to_numpy(dtype=object), categories=list(seen))
+            lists = [
+                list(p.cat.categories if isinstance(p.dtype, pd.CategoricalDtype) else p.dropna().unique())
+                for p in parts
+            ]
+            # The files' common category list, else their sorted union (as anndata.concat merges)
+            same = all(c == lists[0] for c in lists)
+            categories = lists[0] if same else sorted({c for c in lists for c in c}, key=str)
+            merged[column] = pd.Categorical(merged[column].to_numpy(dtype=object), categories=categories)
+        elif all(pd.api.types.is_bool_dtype(p.dtype) for p in parts) and len(parts) < len(frames):
+            merged[column] = merged[column].astype("boolean")  # missing where a file lacks it
     return merged
 
 
@@ -132,6 +139,16 @@ def _check_same_features(stores: list[MultiomeStore]) -> None:
             raise SchemaError(
                 f"{store.path}: modalities {mods}, but {first.path} has "
                 f"{ {m: s.width for m, s in first.modalities.items()} }"
+            )
+        moved = [
+            m
+            for m, mod in store.modalities.items()
+            if not np.array_equal(mod.columns, first.modalities[m].columns)
+        ]
+        if moved:
+            raise SchemaError(
+                f"{store.path}: the columns of modality {moved[0]!r} are not those of {first.path} "
+                "(var['feature_types'] differs); files of one dataset need the same features"
             )
         names, expected = store.var.index.to_numpy(), first.var.index.to_numpy()
         differ = np.flatnonzero(names != expected)
@@ -214,4 +231,8 @@ def open_stacked(paths: Sequence[Path], open_file: Callable[[Path], MultiomeStor
         files=tuple(f for s in stores for f in s.files),
         file_starts=starts,
         close=lambda: None,
+        measured={
+            m: np.concatenate([s.measured.get(m, np.ones(s.n_cells, dtype=bool)) for s in stores])
+            for m in dict.fromkeys(m for s in stores for m in s.measured)
+        },
     )

@@ -38,7 +38,8 @@ class MultiomeStore:
     ``path`` names the dataset in messages (the file, or the list of files); ``files`` are its
     files and ``file_starts`` the first global row of each (``files[i]`` holds rows
     ``file_starts[i]:file_starts[i + 1]``); ``encodings`` says how each stored matrix is
-    encoded (``"X"``, or ``"rna/X"`` for a modality of an ``.h5mu``).
+    encoded (``"X"``, or ``"rna/X"`` for a modality of an ``.h5mu``); ``measured`` which cells a
+    modality that lacks some has.
     """
 
     def __init__(
@@ -59,6 +60,7 @@ class MultiomeStore:
         files: tuple[Path, ...],
         file_starts: np.ndarray,
         close: Callable[[], None],
+        measured: dict[str, np.ndarray] | None = None,
     ) -> None:
         self.path, self.key, self.encoding = path, key, encoding
         self.n_cells, self.n_vars = shape
@@ -66,6 +68,9 @@ class MultiomeStore:
         self.reader = reader  # the encoding's row reader (see gpuload.formats.encoding)
         self.encodings, self.layers, self.obsm_keys = encodings, layers, obsm_keys
         self.files, self.file_starts = files, file_starts
+        # modality -> bool [n_cells]: which cells it measured, for modalities that lack some
+        # (an .h5mu's obsmap); a modality not in it measured every cell
+        self.measured = measured or {}
         self._read_obsm, self._close = read_obsm, close
 
     @property

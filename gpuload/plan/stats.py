@@ -24,7 +24,7 @@ class DatasetStats:
     row_totals: dict[str, np.ndarray]  # modality -> [n_cells] (0 outside the selection)
     col_sums: np.ndarray  # [n_vars]
     col_nonzero: np.ndarray  # [n_vars] int64: selected cells with a nonzero value there
-    n_selected: int
+    n_measured: dict[str, int]  # modality -> selected cells it measured (an .h5mu lacks some)
 
 
 def compute_stats(
@@ -57,4 +57,6 @@ def compute_stats(
         col_sums += np.bincount(block.indices, weights=values, minlength=store.n_vars)
         col_nonzero += np.bincount(block.indices[values != 0], minlength=store.n_vars)
     totals_of = {n: totals[:, i] for i, n in enumerate(names)}
-    return DatasetStats(totals_of, col_sums, col_nonzero, int(positions.size))
+    everyone = np.ones(store.n_cells, dtype=bool)
+    measured = {n: int(store.measured.get(n, everyone)[positions].sum()) for n in names}
+    return DatasetStats(totals_of, col_sums, col_nonzero, measured)

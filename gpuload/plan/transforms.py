@@ -164,7 +164,7 @@ class TfIdf(Transform):
     def prepare(self, modality, obs, stats, columns, positions, path) -> Prepared:
         col_sums = stats.col_sums[columns]
         with np.errstate(divide="ignore"):
-            idf = np.where(col_sums > 0, stats.n_selected / col_sums, 0.0)
+            idf = np.where(col_sums > 0, stats.n_measured[modality] / col_sums, 0.0)
         if self.flavor == "muon":
             return Prepared(
                 ops.TFIDF_LOGTF_LOGIDF,
