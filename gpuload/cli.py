@@ -7,6 +7,7 @@ Bad input ends with a one-line ``gpuload: error: ...`` and exit code 2 (no trace
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -163,8 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpuload: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
+        # Exit now: waiting for the loader's threads would wait out a numba compilation of the
+        # first batch (seconds); the process ends with them, so nothing is left running.
         print("gpuload: interrupted", file=sys.stderr)
-        return 130
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(130)
 
 
 if __name__ == "__main__":

@@ -115,10 +115,20 @@ class EpochRun:
                     yield batch
                 if assembled.error is not None:  # raised after the batches before the bad row's
                     raise assembled.error
-        finally:
+        except KeyboardInterrupt:
+            # Ctrl-C reaches the consumer at once: a thread inside a numba compilation (the first
+            # batch's, seconds long) or a kernel ends after it; the exit handler joins it.
             self.stopped.set()
-            self.join()
-            _RUNNING.discard(self)
+            raise
+        except BaseException:
+            self._finish()
+            raise
+        self._finish()
+
+    def _finish(self) -> None:
+        self.stopped.set()
+        self.join()
+        _RUNNING.discard(self)
 
 
 def transformed(assembled: Assembled, transform: Callable[[dict], dict], backend: Backend):
