@@ -55,12 +55,16 @@ def time_loader(
     warmup_batches: int = 3,
     prepare_s: float = 0.0,
     note: str = "",
+    progress: Callable[[str], None] | None = None,
 ) -> Result:
-    """Iterate ``make()`` until ``cells`` cells after ``warmup_batches`` batches; time it."""
+    """Iterate ``make()`` until ``cells`` cells after ``warmup_batches`` batches; time it
+    (``progress`` hears when the first batch, which waits for compilation, has come)."""
     start = time.perf_counter()
     iterator = _endless(make)
     first = next(iterator)
     first_batch_s = time.perf_counter() - start
+    if progress is not None:
+        progress(f"    first batch after {first_batch_s:.1f} s; timing ...")
     del first
     for _ in range(warmup_batches):
         next(iterator)
@@ -153,6 +157,7 @@ def run_bench(
                     batch_size,
                     cells=cells,
                     prepare_s=prepare,
+                    progress=progress,
                 )
             )
     return results
