@@ -193,8 +193,7 @@ class BatchAssembler:
         stream faces): one copy per super-batch. ``parts[1]`` are the rows; with
         ``plan.deliver_file``, each row's file id follows the parts, as the last ``n`` values."""
         if self.plan.deliver_file:
-            rows = parts[1]
-            parts = [*parts, np.searchsorted(self.plan.file_starts, rows, side="right") - 1]
+            parts = [*parts, self.plan.file_of(parts[1])]
         n = sum(p.size for p in parts)
         slot = None
         if self.meta_ring is None:

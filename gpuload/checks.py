@@ -34,15 +34,15 @@ def one_of(name: str, value, valid: tuple):
 def weight_array(values, n: int) -> np.ndarray:
     """``weights=`` as float64: ``n`` finite, non-negative values, not all zero (a sampler
     cannot draw from nothing)."""
-    dtype = np.asarray(values).dtype
-    if dtype.kind not in "biuf":
-        raise ArgumentError(f"weights must be real numbers, one per selected cell; got dtype {dtype}")
     try:
-        weights = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError) as e:
+        given = np.asarray(values)
+    except (TypeError, ValueError) as e:  # ragged nesting
         raise ArgumentError(
             f"weights must be one number per selected cell, got {type(values).__name__}"
         ) from e
+    if given.dtype.kind not in "biuf":
+        raise ArgumentError(f"weights must be real numbers, one per selected cell; got dtype {given.dtype}")
+    weights = given.astype(np.float64)
     if weights.shape != (n,):
         raise ArgumentError(
             f"weights must hold one weight per selected cell ({n}, in loader.positions order), "

@@ -900,8 +900,7 @@ def _group_processes(pgid: int) -> list[int]:
 
 def test_sigint_stops_the_cli_promptly(base, tmp_path):
     """A real Ctrl-C (SIGINT) during ``gpuload bench``: exit status 130, 'gpuload: interrupted',
-    no traceback, within 60 s (0.1 s measured on a warm install), and nothing of its process
-    group left running."""
+    no traceback, within 15 s, and nothing of its process group left running."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     argv = [
         "bench",
@@ -926,13 +925,13 @@ def test_sigint_stops_the_cli_promptly(base, tmp_path):
     )
     try:
         for line in proc.stdout:
-            if "first batch after" in line:  # compiled: the endless timing loop runs
+            if "gpuload (cpu)" in line:
                 break
         time.sleep(1.0)  # well inside the endless gpuload timing loop
         assert _group_processes(proc.pid) == [proc.pid]
         proc.send_signal(signal.SIGINT)
         start = time.monotonic()
-        _out, err = proc.communicate(timeout=60)  # fresh installs: see the docstring
+        _out, err = proc.communicate(timeout=15)
         took = time.monotonic() - start
     finally:
         if proc.poll() is None:
@@ -940,5 +939,5 @@ def test_sigint_stops_the_cli_promptly(base, tmp_path):
             proc.wait()
     assert proc.returncode == 130, err
     assert "Traceback" not in err and err.strip().splitlines()[-1] == "gpuload: interrupted"
-    assert took < 60
+    assert took < 15
     assert wait_until(lambda: not _group_processes(proc.pid), timeout=5)

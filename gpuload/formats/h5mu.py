@@ -24,7 +24,7 @@ from gpuload.formats.frames import obsm_keys_of, read_obs, read_obsm, read_var
 from gpuload.formats.hdf5 import find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
-from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader, kernel_values
+from gpuload.formats.types import Modality, RowBlock, RowReader, combined_encoding, kernel_values
 
 
 def is_mudata(file: h5py.File) -> bool:
@@ -142,21 +142,6 @@ def _pulled_obs(obs: pd.DataFrame, name: str, mod_obs: pd.DataFrame, local: np.n
     return out
 
 
-def _paired_encoding(encodings: list[Encoding], n_vars: int) -> Encoding:
-    kinds = {e.kind for e in encodings}
-    widened = [np.dtype(np.float32) if e.dtype == np.float16 else e.dtype for e in encodings]
-    nnz = [e.nnz for e in encodings]
-    return Encoding(
-        kind=kinds.pop() if len(kinds) == 1 else "mixed",
-        dtype=np.result_type(*widened),
-        index_dtype=np.dtype(np.int32 if n_vars < 2**31 else np.int64),
-        indptr_dtype=np.dtype(np.int64),
-        nnz=None if None in nnz else int(sum(nnz)),
-        chunks=None,
-        compression=None,
-    )
-
-
 def open_h5mu(path: Path, file: h5py.File, *, layer, cache_dir, lazy: bool = False) -> MultiomeStore:
     """The store of an open ``.h5mu`` (closed here when it cannot be read); ``layer`` is None
     (each modality's X), a layer name for every modality, or ``{modality: layer or None}``."""
@@ -213,7 +198,7 @@ def _open(path: Path, file: h5py.File, layer, cache_dir, lazy: bool, readers: li
     obs = pd.concat([obs, pd.DataFrame(pulled, index=obs.index)], axis=1) if pulled else obs
     var = pd.concat(vars_, join="outer")
     key = ";".join(encodings) if isinstance(layer, dict) else "X" if layer is None else f"layers/{layer}"
-    encoding = _paired_encoding(list(encodings.values()), offset)
+    encoding = combined_encoding(list(encodings.values()), np.int32 if offset < 2**31 else np.int64)
     reader = PairedRows(parts, encoding.dtype, encoding.index_dtype)
     mod_obsm = {f"{m}:{k}": (m, k) for m in names for k in obsm_keys_of(file["mod"][m])}
 

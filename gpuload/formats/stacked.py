@@ -17,7 +17,7 @@ import pandas as pd
 from gpuload.errors import ArgumentError, SchemaError
 from gpuload.formats.h5mu import PairedRows
 from gpuload.formats.store import MultiomeStore
-from gpuload.formats.types import Encoding, RowBlock
+from gpuload.formats.types import Encoding, RowBlock, combined_encoding
 
 
 class StackedRows:
@@ -160,22 +160,6 @@ def _check_same_features(stores: list[MultiomeStore]) -> None:
             )
 
 
-def _stacked_encoding(stores: list[MultiomeStore]) -> Encoding:
-    encodings = [s.encoding for s in stores]
-    kinds = {e.kind for e in encodings}
-    index = [e.index_dtype for e in encodings if e.index_dtype is not None]
-    nnz = [e.nnz for e in encodings]
-    return Encoding(
-        kind=kinds.pop() if len(kinds) == 1 else "mixed",
-        dtype=np.result_type(*[np.float32 if e.dtype == np.float16 else e.dtype for e in encodings]),
-        index_dtype=np.result_type(*index) if index else np.dtype(np.int32),
-        indptr_dtype=np.dtype(np.int64),
-        nnz=None if None in nnz else int(sum(nnz)),
-        chunks=None,
-        compression=None,
-    )
-
-
 def describe_files(paths: Sequence[Path]) -> str:
     """How messages name a dataset of several files."""
     shown = ", ".join(str(p) for p in paths[:3])
@@ -204,7 +188,8 @@ def open_stacked(paths: Sequence[Path], open_file: Callable[[Path], MultiomeStor
         raise
     sizes = [s.n_cells for s in stores]
     starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    encoding = _stacked_encoding(stores)
+    index = [s.encoding.index_dtype for s in stores if s.encoding.index_dtype is not None]
+    encoding = combined_encoding([s.encoding for s in stores], np.result_type(*index) if index else np.int32)
     obsm_keys = list(dict.fromkeys(k for s in stores for k in s.obsm_keys))
 
     def obsm(key: str) -> np.ndarray:

@@ -23,9 +23,14 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
+def file_of(file_starts: np.ndarray, rows):
+    """The file holding each global row: ``files[i]`` holds rows ``file_starts[i]:file_starts[i + 1]``."""
+    return np.searchsorted(file_starts, rows, side="right") - 1
+
+
 def row_location(files: tuple, file_starts: np.ndarray, key: str, row: int) -> str:
     """``file:key row r``: the file of ``files`` that holds global ``row``, and its row there."""
-    i = int(np.searchsorted(file_starts, row, side="right")) - 1
+    i = int(file_of(file_starts, row))
     return f"{files[i]}:{key} row {row - int(file_starts[i])}"
 
 

@@ -79,3 +79,20 @@ def row_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def kernel_values(values: np.ndarray) -> np.ndarray:
     """float16 values as float32: neither scipy nor numba's CPU target computes in float16."""
     return values.astype(np.float32) if values.dtype == np.float16 else values
+
+
+def combined_encoding(encodings: list[Encoding], index_dtype: np.dtype) -> Encoding:
+    """What a matrix assembled from several stored ones delivers (the modalities of an .h5mu, the
+    files of a dataset): their kind if they share one, else "mixed"; their common value type,
+    float16 widened as :func:`kernel_values` widens it; ``index_dtype`` for the column indices."""
+    kinds = {e.kind for e in encodings}
+    nnz = [e.nnz for e in encodings]
+    return Encoding(
+        kind=kinds.pop() if len(kinds) == 1 else "mixed",
+        dtype=np.result_type(*[np.float32 if e.dtype == np.float16 else e.dtype for e in encodings]),
+        index_dtype=np.dtype(index_dtype),
+        indptr_dtype=np.dtype(np.int64),
+        nnz=None if None in nnz else int(sum(nnz)),
+        chunks=None,
+        compression=None,
+    )

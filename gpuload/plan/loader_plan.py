@@ -15,7 +15,7 @@ import numpy as np
 
 from gpuload.errors import ArgumentError
 from gpuload.formats import Modality, MultiomeStore
-from gpuload.formats.store import row_location
+from gpuload.formats.store import file_of, row_location
 from gpuload.plan.features import needs_counts, parse_feature_specs, select_features
 from gpuload.plan.layout import Layout, column_destinations
 from gpuload.plan.obs import ObsColumns, query_mask, select_columns, subset_positions
@@ -47,6 +47,10 @@ class LoaderPlan:
     # makes another loader deliver the same columns (e.g. held-out cells, chosen on training cells)
     feature_masks: dict[str, np.ndarray]
     obsm: dict[str, np.ndarray]  # obsm key -> float32 [n_cells, k], delivered as batch["obsm"]
+
+    def file_of(self, rows: np.ndarray) -> np.ndarray:
+        """The index in :attr:`files` of the file holding each global row."""
+        return file_of(self.file_starts, rows)
 
     def where_row(self, row: int) -> str:
         """``file:key row r``: the file that holds global ``row``, and its row there."""
