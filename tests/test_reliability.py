@@ -884,6 +884,13 @@ def test_slow_consumer_gets_the_batches_then_the_error(base, warm, monkeypatch, 
         np.testing.assert_array_equal(got, want)
 
 
+def _sigint_as_in_a_terminal() -> None:
+    """The child's SIGINT as a terminal's foreground job has it. A shell starts background jobs
+    (``make test &``, a CI runner's) with SIGINT ignored, and Python keeps an ignored SIGINT, so
+    without this the signal would never reach the process under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _group_processes(pgid: int) -> list[int]:
     """Live processes of process group ``pgid`` (from /proc)."""
     pids = []
@@ -922,6 +929,7 @@ def test_sigint_stops_the_cli_promptly(base, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_sigint_as_in_a_terminal,
     )
     try:
         for line in proc.stdout:
