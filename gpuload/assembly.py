@@ -3,9 +3,11 @@
 A *super-batch* is as many consecutive batches of a read group as fit a byte budget of output.
 One kernel launch assembles all of its rows: each modality's transformed values (dense, or CSR
 entries for ``output="sparse_csr"``), each row's per-modality presence and status, and its obs
-values from the packed obs matrices. The host waits once per super-batch, for the status, so a
-bad value is raised (naming its row) before any batch holding it is handed out, while the batches
-before it still are. Each batch is then views of the super-batch's buffers.
+values from the packed obs matrices. The status is copied to page-locked memory behind the
+kernel, with no host wait: the consumer reads it once the super-batch's event has passed
+(:meth:`BatchAssembler.settle`), just before handing out its first batch, so a bad value is
+raised (naming its row) before any batch holding it is handed out, while the batches before it
+still are. Each batch is then views of the super-batch's buffers.
 
 Dense layout: batch ``k`` of a super-batch owns one contiguous region of the flat output, its
 modalities' ``[B_k, width]`` blocks back to back. A batch the user keeps keeps that buffer alive,
@@ -23,7 +25,7 @@ import torch
 
 from gpuload.batch_columns import CategoryStrings, LazyColumns
 from gpuload.checks import positive_int
-from gpuload.device import Backend, Carver, PinnedRing
+from gpuload.device import Backend, Carver, Fence, RunRings, span
 from gpuload.errors import ArgumentError, DataValueError
 from gpuload.fetch import DeviceBlock
 from gpuload.kernels import arithmetic as ops
@@ -50,13 +52,18 @@ def check_output(dtype: torch.dtype, output: str, super_batch_bytes: int | None)
 @dataclass
 class Assembled:
     """A super-batch's batches, the event after their last device operation, the buffers they
-    view (to give to the consumer's stream), and the error of the first bad row, if any (raised
-    after ``batches``, which are the ones before its batch)."""
+    view (to give to the consumer's stream), and its rows' status: ``status`` (host memory that
+    is final once ``fence`` has passed) until :meth:`BatchAssembler.settle` reads it into
+    ``error``, the first bad row's (raised after ``batches``, then the ones before its batch)."""
 
     batches: list[dict]
-    fence: object
+    fence: Fence | None
     buffers: tuple[torch.Tensor, ...]
     error: DataValueError | None = None
+    status: np.ndarray | None = None
+    status_fence: Fence | None = None  # ``status`` is final once this has passed
+    rows: np.ndarray | None = None  # the file rows of ``status``
+    batch_of: np.ndarray | None = None  # the batch of each row
 
 
 class BatchAssembler:
@@ -75,7 +82,8 @@ class BatchAssembler:
     super_batch_bytes
         Output bytes per kernel launch (default: by face, :data:`SUPER_BATCH_BYTES`).
     obs_matrices
-        Packed obs matrices already on the device (built by cuDF), instead of the plan's.
+        Packed obs matrices already on the device (built by cuDF: ``obs_f``, ``obs_i``,
+        ``obs_u``), used instead of uploading the plan's host copies.
     """
 
     def __init__(
@@ -109,12 +117,15 @@ class BatchAssembler:
             "obs_i": obs.ints,
             "obs_u": obs.bools,
         }
+        built = obs_matrices or {}
         with backend.device_context(), backend.on_stream():
-            self.lasting = {
-                k: backend.kernel_view(backend.upload(np.ascontiguousarray(a), k)) for k, a in host.items()
-            }
+            device = {k: built.get(k) for k in host}
+            for k, a in host.items():
+                if device[k] is None:
+                    device[k] = backend.upload(np.ascontiguousarray(a), k)
+            self.lasting = {k: backend.kernel_view(t) for k, t in device.items()}
             self.obsm = {k: backend.upload(a, f"obsm {k}") for k, a in plan.obsm.items()}
-        self.meta_ring = PinnedRing(backend) if backend.streams else None
+            self.ready = backend.fence("assembler inputs")  # every run's compute stream waits on it
         kinds = {"float": 0, "int": 1, "bool": 2}
         index = {"float": obs.float_keys, "int": obs.int_keys, "bool": obs.bool_keys}
         self.numeric_slots = {key: (kinds[kind], index[kind].index(key)) for key, kind in obs.numeric}
@@ -142,8 +153,18 @@ class BatchAssembler:
             yield group
 
     # -- one super-batch --------------------------------------------------------------------
-    def assemble(self, block: DeviceBlock, batches: list[np.ndarray]) -> Assembled:
-        """The batches of file rows ``batches`` (consecutive, in order) from ``block``."""
+    def take_block(self, block: DeviceBlock) -> None:
+        """Order the compute stream after ``block``'s copy, and keep the block's memory from
+        reuse (it was allocated on the copy stream) until the kernels reading it have run."""
+        b = self.backend
+        with b.on_stream():
+            b.wait_stream(self.ready)
+            b.wait_stream(block.ready)
+            b.mark_in_use(block.tensors, "block")
+
+    def assemble(self, block: DeviceBlock, batches: list[np.ndarray], rings: RunRings | None) -> Assembled:
+        """The batches of file rows ``batches`` (consecutive, in order) from ``block``, written
+        through the page-locked ``rings`` of the calling run (None on the CPU)."""
         sizes = np.array([b.size for b in batches], dtype=np.int64)
         rows = np.concatenate(batches)
         n = rows.size
@@ -152,25 +173,18 @@ class BatchAssembler:
         b = self.backend
         with b.on_stream():
             if self.output == "dense":
-                meta, slot, buffers, tail = self._dense(block, rows, sizes, batch_of, first)
+                meta, slot, buffers, tail, status = self._dense(block, rows, sizes, batch_of, first, rings)
             else:
-                meta, slot, buffers, tail = self._sparse(block, rows, sizes, batch_of, first)
+                meta, slot, buffers, tail, status = self._sparse(block, rows, sizes, batch_of, first, rings)
             rows_on_device = meta[n : 2 * n]
             obsm = {k: b.take_rows(m, rows_on_device, f"obsm {k}") for k, m in self.obsm.items()}
             fence = b.fence("super-batch")
             if slot is not None:
-                self.meta_ring.release(slot, fence)
-            status = b.to_host(buffers["status"], "status")  # the one wait per super-batch
-        kept, error = len(batches), None
-        bad = np.flatnonzero(status)
-        if bad.size:
-            kept, error = int(batch_of[bad[0]]), self._error(int(status[bad[0]]), int(rows[bad[0]]))
+                rings.meta.release(slot, fence)
         present = buffers["present"].view(torch.bool)
         obs = (buffers["obs_f"], buffers["obs_i"], buffers["obs_u"].view(torch.bool))
         out = []
-        for k, (start, stop) in enumerate(
-            zip(first[:kept].tolist(), (first + sizes)[:kept].tolist(), strict=True)
-        ):
+        for k, (start, stop) in enumerate(zip(first.tolist(), (first + sizes).tolist(), strict=True)):
             # One as_strided view each (the cheapest tensor to make): a batch's host cost is the
             # handful of tensor objects it is made of.
             batch = tail(k)
@@ -185,10 +199,39 @@ class BatchAssembler:
             if obsm:
                 batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
             out.append(batch)
-        handed = (meta, *(t for key, t in buffers.items() if key != "status"), *obsm.values())
-        return Assembled(out, fence, handed, error)
+        handed = (meta, *buffers.values(), *obsm.values())
+        return Assembled(out, fence, handed, None, *status, rows, batch_of)
 
-    def _meta(self, parts: list[np.ndarray]) -> tuple[torch.Tensor, int | None]:
+    def _status(self, buffers: dict, rings: RunRings | None) -> tuple[np.ndarray, Fence | None]:
+        """The kernel's row status on its way to the host (page-locked, no wait), and the event
+        after that copy: recorded before the casts and gathers that follow, so the host's read
+        of the status orders it after the kernel only, and the consumer's stream still waits for
+        the rest (:meth:`~gpuload.device.Backend.hand_off`)."""
+        b = self.backend
+        slot, buffer = rings.status.take(4 * buffers["status"].numel()) if rings is not None else (None, None)
+        host = b.status_to_host(buffers.pop("status"), buffer)
+        fence = b.fence("status copied")
+        if slot is not None:
+            rings.status.release(slot, fence)
+        return host, fence
+
+    def settle(self, assembled: Assembled) -> Assembled:
+        """``assembled`` with its status read: the batches before the first bad row's batch and
+        that row's error. Waits for the status copy (on a GPU, usually long passed: the
+        assembler runs ahead), so call it where the batches are about to be handed out."""
+        if assembled.status is None:
+            return assembled
+        self.backend.wait_host(assembled.status_fence)
+        self.backend.note_host("host_read", "status", arrays=(assembled.status,))
+        bad = np.flatnonzero(assembled.status)
+        if not bad.size:
+            assembled.status = None
+            return assembled
+        kept = int(assembled.batch_of[bad[0]])
+        error = self._error(int(assembled.status[bad[0]]), int(assembled.rows[bad[0]]))
+        return Assembled(assembled.batches[:kept], assembled.fence, assembled.buffers, error)
+
+    def _meta(self, parts: list[np.ndarray], rings: RunRings | None) -> tuple[torch.Tensor, int | None]:
         """The super-batch's int64 host arrays uploaded as one (from the page-locked ring on the
         stream faces): one copy per super-batch. ``parts[1]`` are the rows; with
         ``plan.deliver_file``, each row's file id follows the parts, as the last ``n`` values."""
@@ -196,12 +239,14 @@ class BatchAssembler:
             parts = [*parts, self.plan.file_of(parts[1])]
         n = sum(p.size for p in parts)
         slot = None
-        if self.meta_ring is None:
+        if rings is None:
             host = np.empty(n, dtype=np.int64)
         else:
-            slot, buffer = self.meta_ring.take(Carver.size_of([(n, np.int64)]))
+            slot, buffer = rings.meta.take(Carver.size_of([(n, np.int64)]))
             host = Carver(buffer)(n, np.int64)
         np.concatenate([p.ravel() for p in parts], out=host)
+        if rings is not None:
+            self.backend.note_host("host_write", "super-batch rows", arrays=(buffer,))
         return self.backend.upload(host, "super-batch rows"), slot
 
     def _scratch(self, n: int) -> dict[str, torch.Tensor]:
@@ -213,6 +258,13 @@ class BatchAssembler:
             "obs_i": b.empty((obs.ints.shape[0], n), torch.int64, "obs"),
             "obs_u": b.empty((obs.bools.shape[0], n), torch.uint8, "obs"),
         }
+
+    def _written(self, args: tuple, buffers: dict, *outputs: torch.Tensor) -> list:
+        """The kernel arguments a launch writes (its outputs and scratch), for the ledger."""
+        if not self.backend.ledger.record:
+            return []
+        targets = {t.data_ptr() for t in (*outputs, *buffers.values())}
+        return [a for a in args if hasattr(a, "shape") and span(a)[0] in targets]
 
     def _common_args(self, block: DeviceBlock, meta: torch.Tensor, n: int) -> tuple:
         v = self.backend.kernel_view
@@ -231,12 +283,12 @@ class BatchAssembler:
             v(buffers["obs_u"]),
         )
 
-    def _dense(self, block, rows, sizes, batch_of, first):
+    def _dense(self, block, rows, sizes, batch_of, first, rings):
         n, widths, b, v, p = rows.size, self.widths, self.backend, self.backend.kernel_view, self.lasting
         starts = np.concatenate([[0], np.cumsum(sizes * self.width)[:-1]])
         within = np.arange(n) - first[batch_of]
         row_out = starts[batch_of, None] + sizes[batch_of, None] * self.prefix + within[:, None] * widths
-        meta, slot = self._meta([block.local(rows), rows, row_out])
+        meta, slot = self._meta([block.local(rows), rows, row_out], rings)
         out = b.output(n * self.width, self.kernel_dtype)
         buffers = self._scratch(n)
         args = (
@@ -249,7 +301,8 @@ class BatchAssembler:
             *self._obs_args(buffers),
             self.tile,
         )
-        b.launch("gather_rows", n, self.width, args)
+        b.launch("gather_rows", n, self.width, args, self._written(args, buffers, out))
+        status = self._status(buffers, rings)
         if self.kernel_dtype != self.dtype:
             out = b.cast(out, self.dtype, "output dtype")
         buffers["out"] = out
@@ -262,9 +315,9 @@ class BatchAssembler:
                 for m, name in enumerate(self.names)
             }
 
-        return meta, slot, buffers, tail
+        return meta, slot, buffers, tail, status
 
-    def _sparse(self, block, rows, sizes, batch_of, first):
+    def _sparse(self, block, rows, sizes, batch_of, first, rings):
         n, widths, b, v, p = rows.size, self.widths, self.backend, self.backend.kernel_view, self.lasting
         local = block.local(rows)
         counts = block.counts[local]  # [n, modalities]
@@ -279,7 +332,7 @@ class BatchAssembler:
             for k in range(sizes.size)
             for m in range(widths.size)
         ]
-        meta, slot = self._meta([local, rows, cursor, *crows])
+        meta, slot = self._meta([local, rows, cursor, *crows], rings)
         total = int(counts.sum())
         indices = b.empty(total, torch.int64, "sparse indices")
         values = b.empty(total, self.kernel_dtype, "sparse values")
@@ -292,7 +345,8 @@ class BatchAssembler:
             v(values),
             *self._obs_args(buffers),
         )
-        b.launch("fill_rows", n, self.width, args)
+        b.launch("fill_rows", n, self.width, args, self._written(args, buffers, indices, values))
+        status = self._status(buffers, rings)
         if self.kernel_dtype != self.dtype:
             values = b.cast(values, self.dtype, "output dtype")
         buffers["indices"], buffers["values"] = indices, values
@@ -312,7 +366,7 @@ class BatchAssembler:
                 )
             return batch
 
-        return meta, slot, buffers, tail
+        return meta, slot, buffers, tail, status
 
     def _obs(self, obs: tuple, start: int, stop: int, rows: np.ndarray) -> tuple[LazyColumns, LazyColumns]:
         """The obs of the batch in columns ``[start, stop)`` of the gathered matrices ``obs``

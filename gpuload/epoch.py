@@ -1,46 +1,54 @@
-"""One epoch's background work: a reader thread and an assembler thread, one group apart.
+"""One run of the loader (one ``iter()``): a reader thread and an assembler thread, one group apart.
 
-The reader reads group k+1 from the file (and copies it to the device) while the assembler runs
-the kernels on group k's super-batches: double buffering. Both hand their items over through
-bounded queues, so memory is O(window + prefetch); an exception in either thread reaches the
-consumer, after the batches assembled before it; however the consumer leaves (end, break,
-exception, garbage collection), both threads stop. Each batch is handed to the consumer's stream
-in the consumer's thread (:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
+The reader reads group k+1 from the file (and copies it to the device on the copy stream)
+while the assembler runs the kernels on group k's super-batches on the compute stream: double
+buffering. Both hand their items over through bounded queues, so memory is O(window +
+prefetch); an exception in either thread reaches the consumer, after the batches assembled
+before it. Each batch is handed to the consumer's stream in the consumer's thread
+(:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
 
-A ``batch_transform`` runs in the assembler thread, batch by batch, on the loader's stream; the
-super-batch is then handed off with an event recorded after the transforms (not the kernels'),
-together with the tensors the transforms returned, so the consumer's stream waits for the
-transforms' work and the allocator keeps their outputs until the consumer is done with them.
+Runs are independent, as ``torch.utils.data.DataLoader``'s iterators are: each writes only into
+the page-locked rings it leased (:class:`~gpuload.device.RunRings`) and into fresh device
+memory, and shares only what is read-only (the plan, the assembler's inputs, a preloaded
+block). However a run ends (its epoch done, ``close()``, its iterator dropped, an error), its
+threads are stopped *and joined* before its rings go back to the loader, so nothing it wrote can
+be handed out by another run. What a live run holds: two threads, two read groups of
+page-locked memory plus ``prefetch + 2`` super-batches' rows and status (see
+:class:`~gpuload.device.RunRings`), and up to ``prefetch + 2`` super-batches of device output.
+
+A ``batch_transform`` runs in the assembler thread, batch by batch, on the compute stream, once
+the super-batch's status is read (a transform sees only checked values); the super-batch is then
+handed off with an event recorded after the transforms, together with the tensors the
+transforms returned, so the consumer's stream waits for the transforms' work and the allocator
+keeps their outputs until the consumer is done with them.
 """
 
 from __future__ import annotations
 
 import atexit
-import queue
+import itertools
 import threading
-import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import numba
 import torch
 
 from gpuload.assembly import Assembled, BatchAssembler
+from gpuload.background import Background
 from gpuload.batch_columns import LazyColumns
-from gpuload.device import Backend
+from gpuload.device import Backend, RunRings
 from gpuload.errors import ArgumentError, GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.sampler import LoadRequest
 
-_END = object()
-_POLL_SECONDS = 0.1
 _RUNNING: weakref.WeakSet[EpochRun] = weakref.WeakSet()
+_RUN_IDS = itertools.count(1)  # names each run's threads apart in the ledger
 
 
 @atexit.register
 def _stop_running_epochs() -> None:
-    """At interpreter exit, end the threads of epochs nobody finished: a daemon thread still
+    """At interpreter exit, end the threads of runs nobody finished: a daemon thread still
     inside a parallel numba kernel while the process tears down aborts it."""
     for run in list(_RUNNING):
         run.stop()
@@ -56,12 +64,17 @@ class EpochRun:
         What to read, group by group, and the batches cut from each group.
     fetcher, assembler
         The reader's and the assembler's work.
+    rings
+        The page-locked memory this run writes into (None on the CPU); the run owns it until
+        :meth:`close`, which hands it to ``give_back`` once the threads have been joined.
     prefetch
         Super-batches the assembler may hold ready (besides the one being handed out).
     num_threads
         Threads of the CPU kernel.
     batch_transform
         Applied to every batch in the assembler thread (see the module docstring), or None.
+    give_back
+        Called with ``rings`` when the run has been joined.
     """
 
     def __init__(
@@ -70,69 +83,204 @@ class EpochRun:
         fetcher: BlockFetcher,
         assembler: BatchAssembler,
         *,
+        rings: RunRings | None,
         prefetch: int,
         num_threads: int,
         batch_transform: Callable[[dict], dict] | None = None,
+        give_back: Callable[[RunRings | None], None] = lambda rings: None,
     ) -> None:
         self.requests, self.fetcher, self.assembler = requests, fetcher, assembler
+        self.rings, self.give_back = rings, give_back
         self.prefetch, self.num_threads, self.batch_transform = prefetch, num_threads, batch_transform
         self.stopped = threading.Event()
         self.stages: list[Background] = []
+        self.number = next(_RUN_IDS)
+        self.closed = False
+        self._closing = threading.Lock()
 
     def stop(self) -> None:
-        """End the threads at their next item (a new iteration ends an abandoned one)."""
+        """Ask the threads to end at their next item (they poll; see :meth:`close`)."""
         self.stopped.set()
 
-    def join(self) -> None:
-        for stage in self.stages:
-            stage.join()
+    def join(self) -> bool:
+        """Wait for the threads to end; False if one did not within its time."""
+        return all([stage.join() for stage in self.stages])
+
+    def close(self) -> None:
+        """Stop and join the threads, then give the rings back (idempotent). From one of the
+        run's own threads (a garbage collection there) it only stops them: the consumer joins.
+        A thread that does not end keeps its rings: they are never given to another run."""
+        self.stop()
+        if threading.current_thread() in {s.thread for s in self.stages}:
+            return
+        with self._closing:
+            if self.closed:
+                return
+            for stage in self.stages:
+                stage.drain()  # a thread waiting to hand over an item sees the stop at once
+            joined = self.join()
+            self.closed = True
+        _RUNNING.discard(self)
+        if joined:
+            self.give_back(self.rings)
 
     def __iter__(self) -> Iterator[dict]:
-        backend, assembler = self.assembler.backend, self.assembler
+        backend, assembler, rings = self.assembler.backend, self.assembler, self.rings
 
         def read_groups() -> Iterator:
             with backend.device_context():
-                yield from self.fetcher.blocks(self.requests)
+                yield from self.fetcher.blocks(self.requests, rings and rings.reads, self.stopped)
 
         def assemble_batches(groups: Background) -> Iterator[Assembled]:
             numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
             with backend.device_context():
                 for block, request in groups:
+                    assembler.take_block(block)
                     for batches in assembler.super_batches(block, request.batches):
-                        assembled = assembler.assemble(block, batches)
+                        if self.stopped.is_set():
+                            return
+                        assembled = assembler.assemble(block, batches, rings)
                         if self.batch_transform is not None:
+                            assembled = assembler.settle(assembled)
                             assembled = yield from transformed(assembled, self.batch_transform, backend)
                         yield assembled
 
-        groups = Background(read_groups(), 1, "gpuload-reader", self.stopped)
-        ready = Background(assemble_batches(groups), self.prefetch, "gpuload-assembler", self.stopped)
+        name = f"{self.number}"
+        groups = Background(read_groups(), 1, f"gpuload-reader-{name}", self.stopped, backend)
+        ready = Background(
+            assemble_batches(groups), self.prefetch, f"gpuload-assembler-{name}", self.stopped, backend
+        )
         self.stages = [ready, groups]
         _RUNNING.add(self)
+        groups.start()
+        ready.start()
         try:
             for assembled in ready:  # a super-batch at a time: one queue hand-over, not one per batch
+                assembled = assembler.settle(assembled)
+                receiver = None
                 for batch in assembled.batches:
-                    backend.hand_off(assembled.fence, assembled.buffers)
+                    receiver = backend.hand_off(assembled.fence, assembled.buffers, receiver)
                     yield batch
                 if assembled.error is not None:  # raised after the batches before the bad row's
                     raise assembled.error
         except KeyboardInterrupt:
             # Ctrl-C reaches the consumer at once: a thread inside a numba compilation (the first
             # batch's, seconds long) or a kernel ends after it; the exit handler joins it.
-            self.stopped.set()
+            self.stop()
             raise
         except BaseException:
-            self._finish()
+            self.close()
             raise
-        self._finish()
+        self.close()
 
-    def _finish(self) -> None:
-        self.stopped.set()
-        self.join()
-        _RUNNING.discard(self)
+
+class LoaderIterator:
+    """What ``iter(loader)`` returns: the batches of one epoch from ``first``, independent of
+    every other iterator of the same loader (as ``DataLoader``'s are).
+
+    Its run starts at the first ``next()`` (``start_run(epoch, first)`` returns the run and its
+    batches) and is closed, threads joined, when the epoch ends, on :meth:`close`, when the
+    iterator is garbage collected, or by its loader (``loader.close()``, or a loader with too
+    many live runs closing its oldest; ``next()`` then raises instead of handing out anything).
+    ``progress(self, done)`` is told of every batch yielded and of the end.
+    """
+
+    def __init__(
+        self,
+        start_run: Callable[[int, int], tuple[EpochRun, Iterator[dict]]],
+        epoch: int,
+        first: int,
+        progress: Callable[[LoaderIterator, bool], None],
+    ) -> None:
+        self.epoch, self.batches_done = epoch, first
+        self._start_run, self._progress = start_run, progress
+        self.run: EpochRun | None = None
+        self._batches: Iterator[dict] | None = None
+        self.closed_because: str | None = None
+
+    def __iter__(self) -> LoaderIterator:
+        return self
+
+    def __next__(self) -> dict:
+        if self.closed_because is not None:
+            raise GpuloadError(f"this iterator of the loader was closed: {self.closed_because}")
+        if self._batches is None:
+            self.run, self._batches = self._start_run(self.epoch, self.batches_done)
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self.closed_because = "its epoch ended"
+            self._progress(self, True)
+            raise
+        self.batches_done += 1
+        self._progress(self, False)
+        return batch
+
+    @property
+    def started(self) -> bool:
+        return self.run is not None and self.closed_because is None
+
+    def close(self, because: str = "close() was called") -> None:
+        """End the run now: its threads stopped and joined, its rings given back (idempotent)."""
+        if self.closed_because is None:
+            self.closed_because = because
+        if self._batches is not None:
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()
+            self.run.close()
+
+    def __del__(self) -> None:
+        self.close("it was garbage collected")
+
+
+class Position:
+    """Where a loader is, and its iterators (see the loader module's docstring for the rules):
+    the epoch and batches done of the latest iterator, which alone moves it; a resume point
+    waiting for the next iterator; the live iterators, at most ``limit`` of them running (a run
+    beyond that closes the oldest first)."""
+
+    def __init__(self, start_run: Callable[[int, int], tuple[EpochRun, Iterator[dict]]], limit: int) -> None:
+        self.epoch, self.batches_done, self.resume_requested = 0, 0, False
+        self._start_run, self.limit = start_run, limit
+        self._latest: weakref.ref | None = None
+        self._live: weakref.WeakValueDictionary[int, LoaderIterator] = weakref.WeakValueDictionary()
+        self._created = itertools.count()
+
+    def move_to(self, epoch: int, batches_done: int, *, resume: bool = False) -> None:
+        """``set_epoch`` (``resume=False``) or ``load_state_dict``: the next iterator starts here;
+        iterators made before no longer move the position."""
+        self.epoch, self.batches_done, self.resume_requested = epoch, batches_done, resume
+        self._latest = None
+
+    def new_iterator(self) -> LoaderIterator:
+        if self.resume_requested:
+            self.resume_requested = False
+        elif self.batches_done:  # the latest iterator left its epoch part-way: a fresh epoch
+            self.epoch, self.batches_done = self.epoch + 1, 0
+        iterator = LoaderIterator(self._start, self.epoch, self.batches_done, self._progress)
+        self._latest = weakref.ref(iterator)
+        self._live[next(self._created)] = iterator
+        return iterator
+
+    def _start(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
+        running = [it for _, it in sorted(self._live.items()) if it.started]
+        for old in running[: max(0, len(running) - self.limit + 1)]:
+            old.close(f"{self.limit} newer iterators of the same loader were started")
+        return self._start_run(epoch, first)
+
+    def _progress(self, iterator: LoaderIterator, done: bool) -> None:
+        if self._latest is not None and self._latest() is iterator:
+            self.epoch = iterator.epoch + 1 if done else iterator.epoch
+            self.batches_done = 0 if done else iterator.batches_done
+
+    def close_all(self, because: str) -> None:
+        for iterator in list(self._live.values()):
+            iterator.close(because)
 
 
 def transformed(assembled: Assembled, transform: Callable[[dict], dict], backend: Backend):
-    """``assembled`` with ``transform`` applied to each batch on the loader's stream, fenced
+    """``assembled`` with ``transform`` applied to each batch on the compute stream, fenced
     after the transforms and handing their tensors off too (a generator returning it: when the
     transform fails, the batches before yield first, then the exception propagates)."""
     out = []
@@ -178,63 +326,3 @@ def tensors_of(item) -> list[torch.Tensor]:
     if isinstance(item, list | tuple):
         return [t for value in item for t in tensors_of(value)]
     return []
-
-
-@dataclass
-class _Failure:
-    error: BaseException
-
-
-class Background:
-    """Runs an iterator in a daemon thread and hands its items over through a bounded queue.
-
-    An exception in the thread is re-raised in the consumer; setting ``stop`` ends the thread
-    at its next item (every wait polls it, so nothing blocks forever).
-    """
-
-    def __init__(self, items: Iterator, maxsize: int, name: str, stop: threading.Event) -> None:
-        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._stop = stop
-        self._thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
-        self._thread.start()
-
-    def _put(self, item) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=_POLL_SECONDS)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def _run(self, items: Iterator) -> None:
-        try:
-            for item in items:
-                if not self._put(item):
-                    return
-            self._put(_END)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            self._put(_Failure(e))
-        finally:
-            items.close()  # a generator's own cleanup (with-blocks) runs in its thread
-
-    def __iter__(self) -> Iterator:
-        while not self._stop.is_set():
-            try:
-                item = self._queue.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                if not self._thread.is_alive() and self._queue.empty():
-                    raise GpuloadError(f"{self._thread.name} thread ended without a result") from None
-                continue
-            if item is _END:
-                return
-            if isinstance(item, _Failure):
-                raise item.error
-            yield item
-
-    def join(self) -> None:
-        self._thread.join(timeout=30)
-        if self._thread.is_alive():
-            warnings.warn(
-                f"{self._thread.name} thread did not stop within 30 s", RuntimeWarning, stacklevel=3
-            )

@@ -1,15 +1,18 @@
 """How a load request's rows get to the device: read from the store, copied by the backend.
 
-On the stream faces a request is read into the next page-locked buffer of a bounded ring
-(:class:`~gpuload.device.PinnedRing`) and copied to the device on the loader's stream; the buffer
-is reused once that copy has passed. With ``preload``, the whole selection is read once, piece
-by piece through the same ring, into one device block that serves every request after. Whether
-a preload is wanted (``"auto"``), and whether it fits, is decided when it happens: any allocation
-failure, page-locked or device, ends it with one warning and the loader streams instead.
+On the stream faces a request is read into the next page-locked buffer of the calling run's ring
+(:class:`~gpuload.device.RunRings`) and copied to the device on the loader's copy stream; an
+event behind the copy (the block's ``ready``) is what the compute stream waits on, and the
+buffer is reused once that copy has passed. With ``preload``, the whole selection is read once,
+piece by piece through a ring, into one device block that serves every request of every run
+after (built under a lock, read-only once built). Whether a preload is wanted (``"auto"``), and
+whether it fits, is decided when it happens: any allocation failure, page-locked or device, ends
+it with one warning and the loader streams instead.
 """
 
 from __future__ import annotations
 
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpuload.device import Backend, Carver, PinnedRing
+from gpuload.device import Backend, Carver, Fence, PinnedRing
 from gpuload.errors import ArgumentError
 from gpuload.formats import MultiomeStore, RowBlock
 from gpuload.kernels.cpu import count_modalities
@@ -37,8 +40,9 @@ class DeviceBlock:
     """A block of rows where the kernels read them.
 
     ``rows`` (sorted file rows) stay on the host; ``indptr``, ``indices`` and ``data`` are the
-    kernels' views of device memory; ``counts`` (host, ``[rows, modalities]``) are the stored
-    values per modality, which the sparse output needs before its kernel runs.
+    kernels' views of device memory (``tensors``: the same memory as torch tensors); ``counts``
+    (host, ``[rows, modalities]``) are the stored values per modality, which the sparse output
+    needs before its kernel runs; ``ready`` is the event after the block's copies.
     """
 
     rows: np.ndarray
@@ -46,6 +50,8 @@ class DeviceBlock:
     indices: object
     data: object
     counts: np.ndarray | None
+    tensors: tuple[torch.Tensor, ...] = ()
+    ready: Fence | None = None
 
     def local(self, rows: np.ndarray) -> np.ndarray:
         """Positions of file ``rows`` inside this block."""
@@ -87,47 +93,66 @@ class BlockFetcher:
         self.store, self.backend, self.positions = store, backend, positions
         self.preload = preload
         self.counts_for, self.reserve = counts_for, reserve
-        self.ring = PinnedRing(backend) if backend.streams else None
         self.preloaded: DeviceBlock | None = None
+        self._preloading = threading.Lock()  # runs that start together build one preload
 
-    def blocks(self, requests: Iterable[LoadRequest]) -> Iterator[tuple[DeviceBlock, LoadRequest]]:
-        """(device block holding the request's rows, the request), in order. Call it in a thread
+    def blocks(
+        self, requests: Iterable[LoadRequest], ring: PinnedRing | None, stopped: threading.Event
+    ) -> Iterator[tuple[DeviceBlock, LoadRequest]]:
+        """(device block holding the request's rows, the request), in order, read through the
+        calling run's ``ring`` (None on the CPU) until ``stopped`` is set. Call it in a thread
         where the backend's device is current."""
-        if self.preload and self.preloaded is None:
-            self.preloaded = self._try_preload()
+        with self._preloading:
+            if self.preload and self.preloaded is None:
+                self.preloaded = self._try_preload(ring)
         for request in requests:
-            yield (self.preloaded if self.preload else self.read(request.rows)), request
+            if stopped.is_set():
+                return
+            yield (self.preloaded if self.preload else self.read(request.rows, ring)), request
 
     # -- streaming ----------------------------------------------------------------------------
-    def read(self, rows: np.ndarray) -> DeviceBlock:
-        """The sorted unique file ``rows`` as a device block."""
-        with self.backend.on_stream():
-            size = self._read_size(rows)
-            if size == 0:
-                return self._upload(self.store.read_block(rows), "block")
-            slot, buffer = self.ring.take(size)
-            block = self._upload(self.store.read_block(rows, Carver(buffer)), "block")
-            self.ring.release(slot, self.backend.fence("block copied"))
+    def read(self, rows: np.ndarray, ring: PinnedRing | None) -> DeviceBlock:
+        """The sorted unique file ``rows`` as a device block (copied on the copy stream)."""
+        with self.backend.on_stream("copy"):
+            slot, buffer = self._take(ring, rows)
+            host = self._read(rows, buffer, "block read")
+            block = self._upload(host, "block")
+            if slot is not None:
+                ring.release(slot, block.ready)
             return block
 
-    def _read_size(self, rows: np.ndarray) -> int:
+    def _take(self, ring: PinnedRing | None, rows: np.ndarray) -> tuple[int | None, np.ndarray | None]:
+        """A slot of ``ring`` for a read of ``rows``, or (None, None) where the read allocates."""
+        size = self._read_size(rows, ring)
+        return ring.take(size) if size else (None, None)
+
+    def _read(self, rows: np.ndarray, buffer: np.ndarray | None, name: str) -> RowBlock:
+        if buffer is None:
+            return self.store.read_block(rows)
+        host = self.store.read_block(rows, Carver(buffer))
+        self.backend.note_host("host_write", name, arrays=(buffer,))
+        return host
+
+    def _read_size(self, rows: np.ndarray, ring: PinnedRing | None) -> int:
         """Page-locked bytes a read of ``rows`` takes; 0 where it takes none: on the CPU, for a
         dense file (its reader allocates) and for float16 values (widened after the read)."""
         nnz = self.store.stored_values(rows)
         enc = self.store.encoding
-        if self.ring is None or nnz is None or enc.dtype.itemsize < 4:
+        if ring is None or nnz is None or enc.dtype.itemsize < 4:
             return 0
         return Carver.size_of([(nnz, enc.index_dtype), (nnz, enc.dtype)])
 
     def _upload(self, host: RowBlock, name: str) -> DeviceBlock:
         b = self.backend
-        arrays = [
-            b.kernel_view(b.upload(a, f"{name} {part}"))
+        tensors = tuple(
+            b.upload(a, f"{name} {part}")
             for part, a in zip(
                 ("indptr", "indices", "data"), (host.indptr, host.indices, host.data), strict=True
             )
-        ]
-        return DeviceBlock(host.rows, *arrays, self._counts(host))
+        )
+        ready = b.fence(f"{name} copied")
+        views = (b.kernel_view(t) for t in tensors)
+        return DeviceBlock(host.rows, *views, self._counts(host), tensors, ready)
 
     def _counts(self, host: RowBlock) -> np.ndarray | None:
         if self.counts_for is None:
@@ -136,7 +161,7 @@ class BlockFetcher:
         return count_modalities(host.indptr, host.indices, layout.col_dest, len(layout.names))
 
     # -- preload ------------------------------------------------------------------------------
-    def _try_preload(self) -> DeviceBlock | None:
+    def _try_preload(self, ring: PinnedRing | None) -> DeviceBlock | None:
         """The whole selection on the device, or None (and streaming) when it does not fit."""
         b = self.backend
         if self.preload == "auto":
@@ -144,8 +169,8 @@ class BlockFetcher:
             if not self.preload:
                 return None
         try:
-            with b.on_stream():
-                return self._preload()
+            with b.on_stream("copy"):
+                return self._preload(ring)
         except b.allocation_errors as e:
             warnings.warn(
                 f"gpuload: preloading {self.positions.size} cells failed ({e}); streaming instead",
@@ -163,10 +188,10 @@ class BlockFetcher:
         need = nnz * (enc.dtype.itemsize + enc.index_dtype.itemsize) + 8 * (self.positions.size + 1)
         return need + self.reserve < PRELOAD_SHARE * self.backend.free_memory()
 
-    def _preload(self) -> DeviceBlock:
-        """Read the selection in pieces through the ring into one device block."""
+    def _preload(self, ring: PinnedRing | None) -> DeviceBlock:
+        """Read the selection in pieces through ``ring`` into one device block."""
         b, rows = self.backend, self.positions
-        if self._read_size(rows) == 0:  # one read where no page-locked buffer is used
+        if ring is None or self._read_size(rows, ring) == 0:  # one read where no buffer is page-locked
             return self._upload(self.store.read_block(rows), "preload")
         nnz = self.store.stored_values(rows)
         enc = self.store.encoding
@@ -176,15 +201,18 @@ class BlockFetcher:
         counts = []
         for start in range(0, rows.size, PRELOAD_PIECE):
             piece = rows[start : start + PRELOAD_PIECE]
-            slot, buffer = self.ring.take(self._read_size(piece))
-            host = self.store.read_block(piece, Carver(buffer))
+            slot, buffer = self._take(ring, piece)
+            host = self._read(piece, buffer, "preload read")
             lo = int(indptr[start])
             indptr[start + 1 : start + piece.size + 1] = lo + host.indptr[1:]
             hi = int(indptr[start + piece.size])
             b.upload_into(indices[lo:hi], host.indices, "preload indices")
             b.upload_into(data[lo:hi], host.data, "preload data")
-            self.ring.release(slot, b.fence("preload piece copied"))
+            if slot is not None:
+                ring.release(slot, b.fence("preload piece copied"))
             counts.append(self._counts(host))
         block_counts = None if self.counts_for is None else np.concatenate(counts)
-        device_indptr = b.kernel_view(b.upload(indptr, "preload indptr"))
-        return DeviceBlock(rows, device_indptr, b.kernel_view(indices), b.kernel_view(data), block_counts)
+        device_indptr = b.upload(indptr, "preload indptr")
+        tensors = (device_indptr, indices, data)
+        views = (b.kernel_view(t) for t in tensors)
+        return DeviceBlock(rows, *views, block_counts, tensors, b.fence("preload copied"))

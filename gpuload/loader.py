@@ -15,6 +15,17 @@ Data flow of one epoch, as this module composes it:
 Exactness: every epoch visits each selected cell exactly once (plus the documented DDP padding),
 in the documented order (under ``weights=``, the epoch's draw instead); ``state_dict`` records
 how many batches were consumed, so a fresh process resumes with exactly the remaining cells.
+
+Iterators are independent, as ``DataLoader``'s are: each ``iter(loader)`` is its own run
+(:class:`~gpuload.epoch.LoaderIterator`) with its own buffers, so ``zip(loader, loader)``, two
+live iterators, ``itertools.islice`` or an abandoned epoch never share or cut another's batches.
+Which epoch an iterator delivers: the loader's *position* (``epoch``, batches done) follows the
+most recently created iterator. A new iterator starts at the position: the epoch
+:meth:`set_epoch` or :meth:`load_state_dict` named (there, after the batches done), else the
+current epoch, or the next one when the latest iterator yielded part of its epoch without ending
+it (like ``DataLoader``, an abandoned epoch is not resumed; ``state_dict`` is for that). When
+the latest iterator ends its epoch the position moves to the next. Older iterators keep their
+own epoch and run to its end.
 """
 
 from __future__ import annotations
@@ -27,13 +38,16 @@ import torch
 
 from gpuload.assembly import BatchAssembler, check_output
 from gpuload.checks import non_negative_int, positive_int
-from gpuload.device import Backend, ObsFrames, get_backend
-from gpuload.epoch import EpochRun
-from gpuload.errors import ArgumentError
+from gpuload.device import Backend, ObsFrames, RingPool, get_backend
+from gpuload.epoch import EpochRun, LoaderIterator, Position
+from gpuload.errors import ArgumentError, GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import MultiomeStore, is_file_list, open_multiome
 from gpuload.plan import build_plan, cell_weights
 from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
+
+# Runs (iterators that have started) one loader keeps live at once; a new one closes the oldest.
+MAX_LIVE_RUNS = 4
 
 
 class MultiomeLoader:
@@ -174,7 +188,7 @@ class MultiomeLoader:
         check_output(dtype, output, super_batch_bytes)
         self.batch_transform = check_pipeline(pipeline, dtype, output, batch_transform)
         self.dtype, self.pipeline, self.output = dtype, pipeline, output
-        owns_store = not isinstance(data, MultiomeStore)
+        self._owns_store = owns_store = not isinstance(data, MultiomeStore)
         self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
         try:
             self.backend = get_backend(device)
@@ -218,10 +232,9 @@ class MultiomeLoader:
             if owns_store:  # a loader that failed to build holds no handle on the file
                 self.store.close()
             raise
-        self._epoch = 0
-        self._batches_done = 0
-        self._resume_requested = False
-        self._active_run: EpochRun | None = None
+        self.rings = RingPool(self.backend, self.prefetch)
+        self.position = Position(self._start_run, MAX_LIVE_RUNS)
+        self._closed = False
 
     @property
     def positions(self) -> np.ndarray:
@@ -252,13 +265,11 @@ class MultiomeLoader:
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self.position.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` for the next iteration (like ``DistributedSampler``)."""
-        self._epoch = int(epoch)
-        self._batches_done = 0
-        self._resume_requested = False
+        self.position.move_to(int(epoch), 0)
 
     def categories(self, key: str) -> list[str]:
         """The category list behind ``batch["obs_codes"][key]``."""
@@ -267,42 +278,41 @@ class MultiomeLoader:
     def state_dict(self) -> dict:
         """Where this rank is: enough for a fresh process to resume the same epoch exactly."""
         return {
-            "epoch": self._epoch,
-            "batches_done": self._batches_done,
+            "epoch": self.position.epoch,
+            "batches_done": self.position.batches_done,
             "batch_size": self.batch_size,
             **self.epoch_sampler.state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from ``state``; the loader must be configured like the one that saved it."""
-        self._epoch, self._batches_done = resume_point(state, self.state_dict(), len(self))
-        self._resume_requested = True
+        self.position.move_to(*resume_point(state, self.state_dict(), len(self)), resume=True)
 
     def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:
         """The file rows of every batch this rank yields in ``epoch`` (default: the next one)."""
-        order = self.positions[self.epoch_sampler.rank_order(self._epoch if epoch is None else epoch)]
+        order = self.positions[self.epoch_sampler.rank_order(self.epoch if epoch is None else epoch)]
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
 
-    def __iter__(self) -> Iterator[dict]:
-        if self._active_run is not None:
-            self._active_run.stop()  # a new iteration ends an abandoned one, like DataLoader
-        if self._batches_done and not self._resume_requested:
-            # The last iteration was abandoned mid-epoch: like DataLoader, start a fresh epoch.
-            self._epoch += 1
-            self._batches_done = 0
-        self._resume_requested = False
-        batches = self.batch_rows()[self._batches_done :]
+    def __iter__(self) -> LoaderIterator:
+        if self._closed:
+            raise GpuloadError("this MultiomeLoader was closed; make a new one to iterate again")
+        return self.position.new_iterator()
+
+    def _start_run(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
+        """The run of ``epoch`` from batch ``first`` (an iterator's first ``next()``)."""
+        batches = self.batch_rows(epoch)[first:]
         s = self.epoch_sampler
         requests = load_requests(batches, self.positions, s.chunk_size, s.window, self.batch_size)
         run = EpochRun(
             requests,
             self.fetcher,
             self.assembler,
+            rings=self.rings.lease(),
             prefetch=self.prefetch,
             num_threads=self.num_threads,
             batch_transform=self.batch_transform,
+            give_back=self.rings.give_back,
         )
-        self._active_run = run
         source = iter(run)
         if self.pipeline == "dali":
             from gpuload.integrations.dali import dali_batches
@@ -310,15 +320,24 @@ class MultiomeLoader:
             source = dali_batches(
                 source, names=self.plan.names, batch_size=self.batch_size, backend=self.backend
             )
-        try:
-            for batch in source:
-                self._batches_done += 1
-                yield batch
-        finally:
-            if self._active_run is run:
-                self._active_run = None
-        self._epoch += 1
-        self._batches_done = 0
+        return run, source
+
+    def close(self) -> None:
+        """Stop and join every live iterator's threads, release page-locked memory and close the
+        file (when the loader opened it). Iterating a closed loader raises; closing twice is fine."""
+        if self._closed:
+            return
+        self._closed = True
+        self.position.close_all("its loader was closed")
+        self.rings.close()
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> MultiomeLoader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def check_pipeline(pipeline: str, dtype: torch.dtype, output: str, batch_transform) -> Callable | None:

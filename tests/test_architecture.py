@@ -28,6 +28,7 @@ LAYERS = {
     "fetch": 5,
     "batch_columns": 5,
     "assembly": 6,
+    "background": 6,
     "epoch": 7,
     "loader": 8,
     "integrations": 9,

@@ -12,6 +12,7 @@ import torch
 
 from gpuload import MultiomeLoader
 from gpuload.batch_columns import LazyColumns
+from gpuload.device import SimulatedCudaBackend, check
 from gpuload.epoch import tensors_of
 from gpuload.errors import ArgumentError
 
@@ -41,7 +42,8 @@ def test_the_transformed_batch_is_delivered_from_the_assembler_thread(small_h5ad
         assert torch.equal(a["index"], b["index"]) and torch.equal(a["GEX"], b["GEX"])
         assert torch.equal(b["GEX2"], 2 * a["GEX"]) and torch.equal(b["extra"][0], a["index"] + 1)
         assert b["obs"]["cell_type"] == a["obs"]["cell_type"]
-    assert set(doubler.threads) == {"gpuload-assembler"} != {threading.current_thread().name}
+    (thread,) = set(doubler.threads)  # every batch in the run's one assembler thread
+    assert thread.startswith("gpuload-assembler-") and thread != threading.current_thread().name
 
 
 def test_an_error_in_the_transform_reaches_the_loop_after_the_batches_before(small_h5ad):
@@ -111,40 +113,44 @@ def test_bad_batch_transform_is_refused(small_h5ad):
 
 @pytest.mark.cudasim
 def test_the_transform_runs_on_the_loader_stream_and_the_hand_off_waits_for_it(small_h5ad):
-    """Ledger order: each batch's transform op (on the loader stream, in the assembler thread),
-    then a "batch transform" event, which is the event the consumer's hand-off waits on."""
-    backend_of = {}
+    """Ledger order: each batch's transform op (on the compute stream, in the assembler thread),
+    then a "batch transform" event, which is the event the consumer's hand-off of that
+    super-batch waits on; and the happens-before checker finds the whole run ordered."""
+    backend = SimulatedCudaBackend()
+    backend.ledger.record = True
 
     def transform(batch):
-        backend = backend_of["loader"].backend
         first = int(batch["index"][0])
         backend.empty(4, torch.float32, f"user transform {first}")  # stands for the transform's device work
         return {**batch, "stream": backend.stream_name()}
 
     loader = MultiomeLoader(
         small_h5ad,
-        device="cudasim",
+        device=backend,
         batch_transform=transform,
         super_batch_bytes=3 * 8 * 1020 * 4,  # three batches of 8 rows per super-batch
         **dict(KWARGS, batch_size=8, subset=np.arange(0, 600, 10)),
     )
-    backend_of["loader"] = loader
-    ledger = loader.backend.ledger
-    ledger.record = True
     batches = list(loader)
-    assert {b["stream"] for b in batches} == {"loader"}
+    ledger = backend.ledger
+    assert {b["stream"] for b in batches} == {"compute"}
     assert ledger.off_stream() == []
+    assert check(ledger.ops) == []
     ops = ledger.ops
     transform_at = {op.name: i for i, op in enumerate(ops) if op.name.startswith("user transform")}
-    assert {ops[i].thread for i in transform_at.values()} == {"gpuload-assembler"}
-    assert {ops[i].stream for i in transform_at.values()} == {"loader"}
-    event_at = {op.name.split("#")[-1]: (i, op.name) for i, op in enumerate(ops) if op.kind == "event"}
-    waits = [op for op in ops if op.kind == "wait"]
-    assert len(waits) == len(batches) == len(loader)
-    for batch, wait in zip(batches, waits, strict=True):
-        at, name = event_at[wait.name.split("#")[-1]]
+    assert all(ops[i].thread.startswith("gpuload-assembler") for i in transform_at.values())
+    assert {ops[i].stream for i in transform_at.values()} == {"compute"}
+    event_at = {op.event: (i, op.name) for i, op in enumerate(ops) if op.kind == "event"}
+    hand_offs = [op for op in ops if op.kind == "wait" and op.thread == "MainThread"]
+    # One hand-off per super-batch (the first batch alone, then three at a time), each waiting on
+    # the event recorded after the transforms of all its batches.
+    assert len(batches) == len(loader) == 8 and len(hand_offs) == 4
+    for wait, batches_of_it in zip(
+        hand_offs, (batches[:1], batches[1:4], batches[4:7], batches[7:]), strict=True
+    ):
+        at, name = event_at[wait.event]
         assert name.startswith("batch transform")
-        assert at > transform_at[f"user transform {int(batch['index'][0])}"]
+        assert all(at > transform_at[f"user transform {int(b['index'][0])}"] for b in batches_of_it)
     # Each super-batch is handed off with the transform's tensors too (its "stream" is a str).
-    handed = [op.size for op in ops if op.kind == "record_stream"]
+    handed = [op.size for op in ops if op.kind == "record_stream" and op.name == "batch"]
     assert min(handed) > 6

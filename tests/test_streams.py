@@ -19,7 +19,8 @@ import torch
 
 from gpuload import MultiomeLoader
 from gpuload.bmmc.synth import write_synthetic
-from gpuload.device import SimulatedCudaBackend
+from gpuload.device import SimulatedCudaBackend, check
+from gpuload.device.happens_before import drains
 
 pytestmark = pytest.mark.cudasim
 N_GENES, N_PEAKS = 40, 200  # narrow: the simulator runs every CUDA thread in Python
@@ -34,11 +35,14 @@ def narrow_h5ad(data_dir):
 
 
 def _loader(path, **kw):
+    """A cudasim loader whose backend records from the start (the checker needs every event)."""
+    backend = SimulatedCudaBackend()
+    backend.ledger.record = True
     kwargs = dict(
         batch_size=8,
         shuffle=True,
         seed=4,
-        device="cudasim",
+        device=backend,
         subset=SUBSET,
         layer="counts",
         transform={"GEX": "log1p_size_factor", "ATAC": "binarize"},
@@ -47,17 +51,7 @@ def _loader(path, **kw):
         window=2,
         super_batch_bytes=4 * 8 * (N_GENES + N_PEAKS) * 4,  # four batches of 8 float32 rows
     )
-    loader = MultiomeLoader(path, **{**kwargs, **kw})
-    loader.backend.ledger.record = True
-    return loader
-
-
-def _events_handed(ledger) -> tuple[list[str], list[str]]:
-    recorded = [
-        op.name.split("#")[-1] for op in ledger.ops if op.kind == "event" and op.thread.startswith("gpuload")
-    ]
-    waited = [op.name.split("#")[-1] for op in ledger.ops if op.kind == "wait"]
-    return recorded, waited
+    return MultiomeLoader(path, **{**kwargs, **kw})
 
 
 @pytest.mark.parametrize(
@@ -65,34 +59,50 @@ def _events_handed(ledger) -> tuple[list[str], list[str]]:
     [{}, {"preload": True}, {"output": "sparse_csr", "subset": SUBSET[:16]}, {"dtype": torch.float16}],
     ids=["streaming", "preloaded", "sparse", "float16"],  # the simulated warps of sparse are slow
 )
-def test_all_loader_work_runs_on_the_loader_stream(narrow_h5ad, options):
+def test_all_loader_work_runs_on_the_loader_streams(narrow_h5ad, options):
     loader = _loader(narrow_h5ad, **options)
     batches = list(loader)
     ledger = loader.backend.ledger
-    assert isinstance(loader.backend, SimulatedCudaBackend)
     assert ledger.counts["launch"] > 0 and ledger.counts["h2d"] > 0
     assert ledger.off_stream() == [], ledger.off_stream()[:5]
-    # Every batch waited on an event the assembler recorded, before it was handed out.
-    recorded, waited = _events_handed(ledger)
-    assert len(waited) == len(batches) == len(loader)
-    assert set(waited) <= set(recorded)
+    assert check(ledger.ops) == []
+    # Reads go to the device on the copy stream, kernels run on the compute stream, which waits
+    # for each block's copy event before reading it.
+    streams = {
+        (op.kind, op.name.split()[0]): op.stream for op in ledger.ops if op.thread.startswith("gpuload-")
+    }
+    assert streams[("launch", "gather_rows" if "output" not in options else "fill_rows")] == "compute"
+    assert {s for (kind, name), s in streams.items() if name in ("block", "preload") and kind == "h2d"} == {
+        "copy"
+    }
+    events = {op.event: op for op in ledger.ops if op.kind == "event"}
+    compute_waits = [events[op.event] for op in ledger.ops if op.kind == "wait" and op.stream == "compute"]
+    assert {e.stream for e in compute_waits} >= {"copy"}
+    # Each super-batch is handed to the consumer's stream once, waiting on the event the
+    # assembler recorded after it; every batch is a use of it on that stream.
     consumer = threading.current_thread().name
-    handed = [op for op in ledger.ops if op.kind in ("wait", "record_stream")]
-    assert {op.thread for op in handed} == {consumer}
-    assert ledger.counts["record_stream"] >= len(batches)
+    hand_offs = [op for op in ledger.ops if op.kind == "wait" and op.thread == consumer]
+    assert all(events[op.event].name == "super-batch" for op in hand_offs)
+    assert len(hand_offs) <= len(batches) == len(loader) == ledger.counts["use"]
+    assert {op.thread for op in ledger.ops if op.kind in ("use", "record_stream") and op.name == "batch"} == {
+        consumer
+    }
 
 
-def test_launches_and_syncs_are_per_super_batch(narrow_h5ad):
+def test_launches_are_per_super_batch_and_no_loader_thread_drains_a_stream(narrow_h5ad):
     loader = _loader(narrow_h5ad, preload=True, chunk_size=16, window=4)  # read groups of 8 batches
     list(loader)  # the preload happens in the first epoch
     ledger = loader.backend.ledger
-    ledger.reset()
+    ledger.counts.clear()
     batches = len(list(loader))
     assert batches == 8
     super_batches = 1 + 2  # the first batch is read alone, then 7 batches, four per launch
     assert ledger.counts["launch"] <= super_batches
-    assert ledger.counts["sync"] <= super_batches
     assert ledger.counts["h2d"] <= super_batches  # one upload of rows and offsets per launch
+    # The status is read by the consumer, not waited for by the assembler: no loader thread
+    # waits for the latest event of a stream (which would stall it until the GPU drains).
+    assert [op for op in drains(ledger.ops) if op.thread.startswith("gpuload-")] == []
+    assert check(ledger.ops) == []
 
 
 def test_the_ledger_sees_work_off_the_loader_stream(narrow_h5ad):
@@ -110,33 +120,44 @@ def test_the_ledger_sees_work_off_the_loader_stream(narrow_h5ad):
     assert [op.name for op in backend.ledger.off_stream()] == ["stray"]
 
 
-def test_pinned_memory_is_bounded_by_the_ring(narrow_h5ad):
-    loader = _loader(narrow_h5ad, shuffle=False, chunk_size=16, window=1)
+def test_pinned_memory_is_bounded_by_the_rings(narrow_h5ad):
+    loader = _loader(narrow_h5ad, shuffle=False, chunk_size=16, window=1, prefetch=2)
     for _ in range(2):
         list(loader)
     ledger = loader.backend.ledger
     largest_read = max(op.size for op in ledger.ops if op.kind == "h2d" and op.name == "block data")
-    # Two buffers for reads, two for super-batch rows, each rounded up to the ring's 8 MiB step.
-    assert ledger.pinned_peak <= 4 * (1 << 23) + 4 * largest_read
-    assert ledger.pinned_bytes == ledger.pinned_peak  # held, reused: never re-pinned per group
+    # Two buffers for reads, prefetch + 2 each for super-batch rows and for status, each rounded
+    # up to the ring's 8 MiB step: one set of rings, reused by the second epoch (never re-pinned).
+    slots = 2 + 2 * (2 + 2)
+    assert ledger.pinned_peak <= slots * (1 << 23) + slots * largest_read
+    assert ledger.pinned_bytes == ledger.pinned_peak
+    loader.close()
+    assert ledger.pinned_bytes == 0  # close() gives the page-locked memory back
 
 
-def test_a_failed_pinned_allocation_falls_back_to_streaming(narrow_h5ad, monkeypatch):
-    loader = _loader(narrow_h5ad, preload=True, shuffle=False)
+@pytest.mark.parametrize("preload", [True, False], ids=["preloaded", "streaming"])
+def test_a_failed_page_lock_falls_back_to_pageable_reads(narrow_h5ad, monkeypatch, preload):
+    """One warning, then reads through pageable memory: a preload still preloads, a stream still
+    streams, and the batches are the same as without the failure."""
+    want = [b["index"].numpy() for b in _loader(narrow_h5ad, preload=preload, shuffle=False)]
+    loader = _loader(narrow_h5ad, preload=preload, shuffle=False)
     pinned = loader.backend.pinned
+
     calls = []
 
-    def first_fails(nbytes):
+    def fails_after_the_first(nbytes):  # the first read buffer is page-locked, then none
         calls.append(nbytes)
-        if len(calls) == 1:
+        if len(calls) > 1:
             raise MemoryError("cannot page-lock memory (injected)")
         return pinned(nbytes)
 
-    monkeypatch.setattr(loader.backend, "pinned", first_fails)
-    with pytest.warns(RuntimeWarning, match="streaming instead"):
-        rows = np.concatenate([b["index"].numpy() for b in loader])
-    np.testing.assert_array_equal(rows, SUBSET)
-    assert loader.fetcher.preload is False
+    monkeypatch.setattr(loader.backend, "pinned", fails_after_the_first)
+    with pytest.warns(RuntimeWarning, match="pageable memory instead") as caught:
+        got = [b["index"].numpy() for b in loader] + [b["index"].numpy() for b in loader]
+    assert len([w for w in caught if "pageable" in str(w.message)]) == 1
+    np.testing.assert_array_equal(np.concatenate(got), np.concatenate(want + want))
+    assert loader.fetcher.preload is preload and loader.backend.pageable
+    assert check(loader.backend.ledger.ops) == []
 
 
 def test_batches_are_views_of_the_kernels_output(narrow_h5ad):

@@ -1,23 +1,30 @@
 """The one place that knows where arrays live, which kernel runs, and on which stream.
 
-Three faces compute the same batches:
+Three faces compute the same batches (this module holds the first and what the two stream faces
+share, :class:`StreamFace`; :mod:`gpuload.device.cuda_backend` and
+:mod:`gpuload.device.simulated` hold the others):
 
 - ``cpu`` (:class:`Backend`): numpy arrays and torch CPU tensors, the ``@njit`` CPU twin.
-- ``cuda`` (:class:`CudaBackend`): torch CUDA memory (one allocator: torch's caching allocator
-  serves every device buffer the loader uses), ``@cuda.jit`` kernels viewing that memory through
-  ``__cuda_array_interface__``, one non-blocking stream per loader, page-locked host buffers
-  for reads.
-- ``cudasim`` (:class:`SimulatedCudaBackend`): the cuda orchestration with host memory standing
-  in for device memory, the CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) running the kernels and a
-  simulated stream, so CI runs the GPU code, and checks its stream discipline, without a GPU.
+- ``cuda`` (:class:`~gpuload.device.cuda_backend.CudaBackend`): torch CUDA memory (one
+  allocator: torch's caching allocator serves every device buffer the loader uses),
+  ``@cuda.jit`` kernels viewing that memory through ``__cuda_array_interface__``, two
+  non-blocking streams per loader (``copy`` for reads going to the device, ``compute`` for
+  kernels, ordered by events, as PyTorch's CUDA prefetchers do), page-locked host buffers.
+- ``cudasim`` (:class:`~gpuload.device.simulated.SimulatedCudaBackend`): the cuda
+  orchestration with host memory standing in for device memory, the CUDA simulator
+  (``NUMBA_ENABLE_CUDASIM=1``) running the kernels and simulated streams, so CI runs the GPU
+  code, and checks its ordering, without a GPU.
 
 Every device operation the loader issues is a method here and is written to :attr:`ledger`
-with the stream it was issued on. Operations run on the calling thread's *current* stream, as
-torch's do; the loader's threads make the loader's stream current with :meth:`on_stream`, so an
-operation issued outside it shows up in the ledger on the default stream. A batch is handed to
-the consumer with the event recorded after its last operation (:meth:`fence`): the consumer's
-stream waits on it and every tensor is ``record_stream``-ed there (:meth:`hand_off`), so the
-caching allocator never gives a batch's memory to the loader while the consumer may still use it.
+with the stream it was issued on and, when recording, the memory it reads and writes, the event
+it records or waits on, and the host-side ordering around it (thread starts and joins, queue
+hand-overs): what :mod:`gpuload.device.happens_before` checks. Operations run on the calling
+thread's *current* stream, as torch's do; the loader's threads make one of the loader's streams
+current with :meth:`on_stream`, so an operation issued outside it shows up in the ledger on the
+default stream. A batch is handed to the consumer with the event recorded after its last
+operation (:meth:`fence`): the consumer's stream waits on it and every tensor is
+``record_stream``-ed there (:meth:`hand_off`), so the caching allocator never gives a batch's
+memory to the loader while the consumer may still use it.
 """
 
 from __future__ import annotations
@@ -28,15 +35,39 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from gpuload.device.ledger import DeviceLedger
 
-# The simulator runs every CUDA thread as a Python thread: keep blocks small there.
-SIMULATOR_THREADS = 2
+_EVENT_IDS = itertools.count(1)  # every fence of every backend, numbered for the ledger
+
+
+@dataclass(frozen=True)
+class Fence:
+    """An event recorded on one of the loader's streams: ``number`` names it in the ledger,
+    ``event`` is the ``torch.cuda.Event`` on the cuda face (None elsewhere)."""
+
+    number: int
+    event: object = None
+
+
+def span(array) -> tuple[int, int]:
+    """(address, bytes) of a tensor, numpy array or CUDA array: what the ledger records."""
+    if isinstance(array, torch.Tensor):
+        return array.data_ptr(), array.numel() * array.element_size()
+    interface = getattr(array, "__cuda_array_interface__", None) or array.__array_interface__
+    size = int(np.prod(interface["shape"], dtype=np.int64)) * np.dtype(interface["typestr"]).itemsize
+    return interface["data"][0], size
+
+
+def spans(arrays: Iterable) -> tuple[tuple[int, int], ...]:
+    """The non-empty memory of ``arrays`` (an empty tensor has no memory to order)."""
+    return tuple(s for s in (span(a) for a in arrays if hasattr(a, "shape")) if s[1] > 0)
 
 
 class HostBufferPool:
@@ -79,13 +110,15 @@ class Backend:
         self.torch_device = torch_device or torch.device("cpu")
         self.ledger = DeviceLedger()
         self.host_pool = HostBufferPool()
+        self.pageable = False  # page-locking failed once: staging buffers are pageable
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.torch_device})"
 
     # -- streams and devices ----------------------------------------------------------------
-    def on_stream(self) -> contextlib.AbstractContextManager:
-        """Make the loader's stream current in the calling thread (a no-op on the CPU)."""
+    def on_stream(self, which: str = "compute") -> contextlib.AbstractContextManager:
+        """Make the loader's ``"copy"`` or ``"compute"`` stream current in the calling thread (a
+        no-op on the CPU)."""
         return contextlib.nullcontext()
 
     def device_context(self) -> contextlib.AbstractContextManager:
@@ -96,22 +129,35 @@ class Backend:
         """The calling thread's current stream, as the ledger names it."""
         return "host"
 
-    def note(self, kind: str, name: str, size: int = 0, address: int = 0) -> None:
-        self.ledger.add(kind, name, self.stream_name(), size, address)
+    def note(self, kind: str, name: str, size: int = 0, address: int = 0, **detail) -> None:
+        """Write an operation on the current stream to the ledger (``detail``: see
+        :class:`~gpuload.device.ledger.DeviceOp`; computed by callers only when recording)."""
+        self.ledger.add(kind, name, self.stream_name(), size, address, **detail)
+
+    def note_host(self, kind: str, name: str, peer: str = "", arrays: Sequence = ()) -> None:
+        """A host-side ordering or access for the checker: ``spawn``/``joined`` a thread,
+        ``put``/``get`` on a queue (``peer``), ``host_write``/``host_read`` of page-locked
+        ``arrays``. Recorded only when the ledger records; nothing is counted."""
+        if self.ledger.record:
+            access = spans(arrays)
+            detail = {"writes": access} if kind == "host_write" else {"reads": access}
+            self.ledger.add(kind, name, "host", peer=peer, **detail)
 
     # -- memory -----------------------------------------------------------------------------
     def empty(self, shape: int | Sequence[int], dtype: torch.dtype, name: str) -> torch.Tensor:
         """Device memory for ``name`` (a fresh tensor: no batch the user holds shares it)."""
-        out = torch.empty(shape, dtype=dtype, device=self.torch_device)
-        self.note("alloc", name, out.numel() * out.element_size())
+        return self._allocated(torch.empty(shape, dtype=dtype, device=self.torch_device), name)
+
+    def _allocated(self, out: torch.Tensor, name: str) -> torch.Tensor:
+        address, size = span(out)
+        if size:  # an empty tensor has no memory (and no address of its own)
+            self.note("alloc", name, size, address)
         return out
 
     def output(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """A flat output buffer that batches will view: recycled once unreferenced on the CPU
         (see :class:`HostBufferPool`), fresh from the caching allocator on a GPU."""
-        out = self._output(n, dtype)
-        self.note("alloc", "output", out.numel() * out.element_size(), out.data_ptr())
-        return out
+        return self._allocated(self._output(n, dtype), "output")
 
     def _output(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         if self.on_gpu:  # the caching allocator: record_stream keeps a batch's memory from reuse
@@ -125,28 +171,56 @@ class Backend:
 
     def upload_into(self, target: torch.Tensor, host: np.ndarray, name: str) -> None:
         """Copy ``host`` into the device tensor ``target`` (same size)."""
-        self.note("h2d", name, host.nbytes)
+        self._copy_note("h2d", name, host, target)
         target.copy_(torch.from_numpy(host))
+
+    def _copy_note(self, kind: str, name: str, source, target) -> None:
+        detail = {"reads": (span(source),), "writes": (span(target),)} if self.ledger.record else {}
+        self.note(kind, name, span(source)[1], **detail)
 
     def cast(self, tensor: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
         """``tensor`` as ``dtype`` (a device kernel on the GPU)."""
-        self.note("launch", name)
-        return tensor.to(dtype)
+        out = self.empty(tensor.shape, dtype, name)
+        self._launch_note(name, (tensor,), (out,))
+        return out.copy_(tensor)
 
     def take_rows(self, matrix: torch.Tensor, rows: torch.Tensor, name: str) -> torch.Tensor:
         """Rows ``rows`` (int64, on the device) of the device ``matrix``: one gather kernel."""
-        self.note("launch", name)
-        return torch.index_select(matrix, 0, rows)
+        out = self.empty((rows.numel(), *matrix.shape[1:]), matrix.dtype, name)
+        self._launch_note(name, (matrix, rows), (out,))
+        return torch.index_select(matrix, 0, rows, out=out)
 
-    def to_host(self, tensor: torch.Tensor, name: str) -> np.ndarray:
-        """``tensor``'s values on the host: the one place the host waits for the device."""
-        self.note("d2h", name, tensor.numel() * tensor.element_size())
-        self.note("sync", name)
-        return tensor.numpy()
+    def _launch_note(self, name: str, reads: Sequence, writes: Sequence) -> None:
+        detail = {"reads": spans(reads), "writes": spans(writes)} if self.ledger.record else {}
+        self.note("launch", name, **detail)
+
+    def status_to_host(self, status: torch.Tensor, slot: np.ndarray | None) -> np.ndarray:
+        """The kernel's row status where the host can read it once the super-batch's fence has
+        passed: copied asynchronously into the page-locked ``slot`` (stream faces), or the
+        buffer itself (the CPU, where kernels have finished when they return)."""
+        return status.numpy()
 
     def pinned(self, nbytes: int) -> np.ndarray:
         """A host buffer for reads that copies can leave from asynchronously."""
         return np.empty(nbytes, dtype=np.uint8)
+
+    def staging(self, nbytes: int) -> np.ndarray:
+        """A page-locked buffer (:meth:`pinned`) or, once page-locking has failed, a pageable one
+        (said once per backend: copies from it wait for the host, which is slower, not wrong)."""
+        if not self.pageable:
+            try:
+                return self.pinned(nbytes)
+            except MemoryError as e:
+                self.pageable = True
+                warnings.warn(
+                    f"gpuload: page-locking {nbytes} bytes failed ({e}); copies go through pageable "
+                    "memory instead",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+        buffer = np.empty(nbytes, dtype=np.uint8)
+        self.ledger.add("pinned", "pageable buffer", "host", nbytes, span(buffer)[0])
+        return buffer
 
     def release_pinned(self, buffer: np.ndarray) -> None:
         """Forget a buffer from :meth:`pinned` (its memory goes when the last view does)."""
@@ -160,12 +234,17 @@ class Backend:
         """The kernels' view of a buffer: no copy on any face."""
         return tensor.numpy()
 
-    def launch(self, kernel: str, n_rows: int, width: int, args: tuple) -> None:
+    def launch(self, kernel: str, n_rows: int, width: int, args: tuple, writes: Sequence = ()) -> None:
         """Run ``kernel`` (see :mod:`gpuload.kernels`) over ``n_rows`` super-batch rows of
-        ``width`` output columns; the ledger counts it and the CPU time the launching thread
-        spent in it (CPU time, not wall time: a thread that is preempted inside a CPU kernel
-        has not spent the wait on the kernel)."""
-        self.note("launch", kernel)
+        ``width`` output columns; ``writes`` are the arguments it writes (the other array
+        arguments are read). The ledger counts it and the CPU time the launching thread spent in
+        it (CPU time, not wall time: a thread that is preempted inside a CPU kernel has not
+        spent the wait on the kernel)."""
+        if self.ledger.record:
+            written = {id(w) for w in writes}
+            self._launch_note(kernel, [a for a in args if id(a) not in written], writes)
+        else:
+            self.note("launch", kernel)
         start = time.thread_time()
         self._run_kernel(kernel, n_rows, width, args)
         self.ledger.add_launch_time(time.thread_time() - start)
@@ -175,190 +254,83 @@ class Backend:
 
         getattr(cpu, kernel)(*args)
 
-    # -- hand-off ---------------------------------------------------------------------------
-    def fence(self, name: str):
-        """An event recorded on the loader's stream after the work issued so far (None here)."""
+    # -- ordering and hand-off --------------------------------------------------------------
+    def fence(self, name: str) -> Fence | None:
+        """An event recorded on the current stream after the work issued so far (None here)."""
         return None
 
-    def wait_host(self, fence) -> None:
-        """Block the calling thread until ``fence`` has passed."""
+    def wait_stream(self, fence: Fence | None) -> None:
+        """Order the current stream's later work after ``fence`` (no host wait)."""
 
-    def hand_off(self, fence, tensors: Sequence[torch.Tensor]) -> None:
-        """Give ``tensors`` to the calling thread's current stream once ``fence`` has passed."""
+    def wait_host(self, fence: Fence | None) -> None:
+        """Block the calling thread until ``fence`` has passed (no wait where it has)."""
+
+    def mark_in_use(self, tensors: Sequence[torch.Tensor], name: str) -> None:
+        """Mark ``tensors`` in use by the current stream: the caching allocator keeps their memory
+        from reuse until that stream's work issued so far is done."""
+
+    def hand_off(self, fence: Fence | None, tensors: Sequence[torch.Tensor], receiver=None):
+        """Give ``tensors`` to the calling thread's current stream once ``fence`` has passed, and
+        return that stream. ``receiver``: the stream the same super-batch was last handed to;
+        when it is the current one, its wait and ``record_stream`` already cover this batch
+        (stream order), so nothing more is issued: one hand-off per super-batch, not per batch."""
+        return None
 
 
-class SimulatedCudaBackend(Backend):
-    """The ``cudasim`` face: the cuda orchestration on host memory with simulated streams.
+class StreamFace(Backend):
+    """What the two stream faces share: events, waits and the hand-off, as ledger entries."""
 
-    ``kernels="simulator"`` runs the CUDA kernels in numba's simulator (what the tests check);
-    ``kernels="cpu"`` runs their CPU twins instead, for measuring the orchestration's own host
-    cost without the simulator's (benchmarks/orchestration.py).
-    """
-
-    name = "cudasim"
     streams = True
 
-    def __init__(self, kernels: str = "simulator") -> None:
-        if kernels not in ("simulator", "cpu"):
-            raise ValueError(f"kernels must be 'simulator' or 'cpu', got {kernels!r}")
-        self.kernels = kernels
-        super().__init__(torch.device("cpu"))
-        self._current = threading.local()
-        self._events = itertools.count(1)
-        self._recorded = 0  # the last event recorded on the loader's stream
-        self._passed = 0  # the last event the host knows has passed (it waited for the stream since)
+    def fence(self, name: str) -> Fence:
+        fence = Fence(next(_EVENT_IDS), self._record_event())
+        self.note("event", name, event=fence.number)
+        return fence
 
-    @contextlib.contextmanager
-    def on_stream(self):
-        previous = getattr(self._current, "stream", None)
-        self._current.stream = "loader"
-        try:
-            yield
-        finally:
-            self._current.stream = previous
+    def _record_event(self):
+        return None
 
-    def stream_name(self) -> str:
-        return getattr(self._current, "stream", None) or "default"
+    def wait_stream(self, fence: Fence | None) -> None:
+        if fence is not None:
+            self._stream_wait(fence)
+            self.note("wait", "event", event=fence.number)
 
-    def upload(self, host: np.ndarray, name: str) -> torch.Tensor:
-        self.note("h2d", name, host.nbytes)
-        return torch.from_numpy(host.copy())  # device memory is not the host buffer
+    def _stream_wait(self, fence: Fence) -> None:
+        """The current stream waits on ``fence`` (the device's part)."""
 
-    def to_host(self, tensor: torch.Tensor, name: str) -> np.ndarray:
-        self._passed = self._recorded  # the wait for the stream passes every event before it
-        return super().to_host(tensor, name).copy()
-
-    def pinned(self, nbytes: int) -> np.ndarray:
-        self.ledger.add("pinned", "host buffer", "host", nbytes)
-        return np.empty(nbytes, dtype=np.uint8)
-
-    def release_pinned(self, buffer: np.ndarray) -> None:
-        self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes)
-
-    def _run_kernel(self, kernel: str, n_rows: int, width: int, args: tuple) -> None:
-        if self.kernels == "cpu":
-            return super()._run_kernel(kernel, n_rows, width, args)
-        from gpuload.kernels import cuda as cuda_kernels
-
-        kernel_function = getattr(cuda_kernels, kernel)
-        cuda_kernels.launch(kernel_function, None, n_rows, width, args, threads=SIMULATOR_THREADS)
-
-    def fence(self, name: str) -> int:
-        event = self._recorded = next(self._events)
-        self.note("event", f"{name} #{event}")
-        return event
-
-    def wait_host(self, fence) -> None:
-        if fence <= self._passed:  # as CudaBackend: an event that has passed costs no wait
+    def wait_host(self, fence: Fence | None) -> None:
+        if fence is None:
             return
-        self.note("sync", f"event #{fence}")
-        self._passed = max(self._passed, fence)
+        if not self._passed(fence):  # counted only when the host really waits
+            self.ledger.counts["sync_wait"] += 1
+            self._host_wait(fence)
+        self.ledger.add("sync", "event", "host", event=fence.number)
 
-    def hand_off(self, fence, tensors: Sequence[torch.Tensor]) -> None:
-        self.note("wait", f"event #{fence}")
-        self.note("record_stream", "batch", len(tensors))
+    def _passed(self, fence: Fence) -> bool:
+        return True
 
+    def _host_wait(self, fence: Fence) -> None:
+        """Block until ``fence`` has passed (the device's part)."""
 
-class CudaBackend(Backend):
-    """The ``cuda`` face on GPU ``index``: one non-blocking stream, torch's allocator, numba kernels."""
+    def mark_in_use(self, tensors: Sequence[torch.Tensor], name: str) -> None:
+        self._record_on(tensors, self._current_stream())
+        self.note("record_stream", name, len(tensors), reads=spans(tensors) if self.ledger.record else ())
 
-    name = "cuda"
-    on_gpu = True
-    streams = True
-    allocation_errors = (MemoryError, torch.cuda.OutOfMemoryError)
+    def _current_stream(self):
+        return None
 
-    def __init__(self, index: int) -> None:
-        from numba import cuda
+    def _record_on(self, tensors: Sequence[torch.Tensor], stream) -> None:
+        """Mark ``tensors`` in use by ``stream`` in the allocator (the device's part)."""
 
-        super().__init__(torch.device("cuda", index))
-        self.index = index
-        with self.device_context():
-            self.stream = torch.cuda.Stream(device=self.torch_device)  # torch's streams are non-blocking
-            self.kernel_stream = cuda.external_stream(self.stream.cuda_stream)
+    def hand_off(self, fence: Fence | None, tensors: Sequence[torch.Tensor], receiver=None):
+        current = self._receiver()
+        if current != receiver:
+            self.wait_stream(fence)
+            self.mark_in_use(tensors, "batch")
+        if self.ledger.record:
+            self.note("use", "batch", reads=spans(tensors))
+        return current
 
-    @property
-    def stream_handle(self) -> int:
-        """The loader stream's ``cudaStream_t`` (for DALI's ``cuda_stream``)."""
-        return self.stream.cuda_stream
-
-    def on_stream(self):
-        return torch.cuda.stream(self.stream)
-
-    @contextlib.contextmanager
-    def device_context(self):
-        from numba import cuda
-
-        with torch.cuda.device(self.index), cuda.gpus[self.index]:
-            yield
-
-    def stream_name(self) -> str:
-        current = torch.cuda.current_stream(self.torch_device)
-        return "loader" if current == self.stream else "default" if current.cuda_stream == 0 else "other"
-
-    def upload(self, host: np.ndarray, name: str) -> torch.Tensor:
-        out = torch.empty(host.shape, dtype=torch.from_numpy(host[:0]).dtype, device=self.torch_device)
-        self.upload_into(out, host, name)
-        return out
-
-    def upload_into(self, target: torch.Tensor, host: np.ndarray, name: str) -> None:
-        self.note("h2d", name, host.nbytes)
-        target.copy_(torch.from_numpy(host), non_blocking=True)
-
-    def to_host(self, tensor: torch.Tensor, name: str) -> np.ndarray:
-        self.note("d2h", name, tensor.numel() * tensor.element_size())
-        self.note("sync", name)
-        return tensor.cpu().numpy()  # a copy on the current stream, then a wait for that stream
-
-    def pinned(self, nbytes: int) -> np.ndarray:
-        """Exactly ``nbytes`` of page-locked memory (cupy's pinned pool would round up to a power
-        of two and never free); an allocation failure is a MemoryError, so callers fall back."""
-        import cupy
-
-        try:
-            memory = cupy.cuda.PinnedMemoryPointer(cupy.cuda.PinnedMemory(nbytes), 0)
-        except cupy.cuda.runtime.CUDARuntimeError as e:
-            raise MemoryError(f"cannot page-lock {nbytes} bytes of host memory ({e})") from e
-        self.ledger.add("pinned", "host buffer", "host", nbytes)
-        return np.ndarray(nbytes, dtype=np.uint8, buffer=memory)
-
-    def release_pinned(self, buffer: np.ndarray) -> None:
-        self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes)
-
-    def free_memory(self) -> int:
-        """Free device memory, counting what torch's caching allocator holds but does not use."""
-        free, _total = torch.cuda.mem_get_info(self.torch_device)
-        cached = torch.cuda.memory_reserved(self.torch_device) - torch.cuda.memory_allocated(
-            self.torch_device
-        )
-        return int(free + cached)
-
-    def kernel_view(self, tensor: torch.Tensor):
-        from numba import cuda
-
-        return cuda.as_cuda_array(tensor)
-
-    def _run_kernel(self, kernel: str, n_rows: int, width: int, args: tuple) -> None:
-        from gpuload.kernels import cuda as cuda_kernels
-
-        cuda_kernels.launch(getattr(cuda_kernels, kernel), self.kernel_stream, n_rows, width, args)
-
-    def fence(self, name: str) -> torch.cuda.Event:
-        event = torch.cuda.Event()
-        event.record(self.stream)
-        self.note("event", name)
-        return event
-
-    def wait_host(self, fence) -> None:
-        if fence.query():  # passed already (the host waited for the stream since): no wait
-            return
-        self.note("sync", "event")
-        fence.synchronize()
-
-    def hand_off(self, fence, tensors: Sequence[torch.Tensor]) -> None:
-        consumer = torch.cuda.current_stream(self.torch_device)
-        consumer.wait_event(fence)
-        for tensor in tensors:
-            if tensor.is_cuda:  # a batch_transform may return host tensors too
-                tensor.record_stream(consumer)
-        self.note("wait", "event")
-        self.note("record_stream", "batch", len(tensors))
+    def _receiver(self):
+        """The calling thread's current stream, comparable between calls."""
+        return self.stream_name()

@@ -45,8 +45,11 @@ class ObsFrames:
         return "cudf" if self.cudf is not None else "pandas"
 
     def frame(self, obs: pd.DataFrame):
-        """``obs`` in this face's frame library."""
-        return self.cudf.DataFrame.from_pandas(obs) if self.cudf is not None else obs
+        """``obs`` in this face's frame library (on the backend's GPU)."""
+        if self.cudf is None:
+            return obs
+        with self.backend.device_context():
+            return self.cudf.DataFrame.from_pandas(obs)
 
     def query(self, obs: pd.DataFrame, expression: str) -> np.ndarray:
         """The boolean mask of ``obs.query(expression)``, evaluated by cuDF where it can."""
@@ -54,9 +57,10 @@ class ObsFrames:
         if self.cudf is None:
             return expected
         try:
-            frame = self.cudf.DataFrame.from_pandas(obs.assign(_gpuload_pos=np.arange(len(obs))))
-            mask = np.zeros(len(obs), dtype=bool)
-            mask[frame.query(expression)["_gpuload_pos"].to_numpy()] = True
+            with self.backend.device_context():
+                frame = self.cudf.DataFrame.from_pandas(obs.assign(_gpuload_pos=np.arange(len(obs))))
+                mask = np.zeros(len(obs), dtype=bool)
+                mask[frame.query(expression)["_gpuload_pos"].to_numpy()] = True
         except Exception as e:  # cuDF supports a subset of pandas' query language
             warnings.warn(
                 f"gpuload: cuDF cannot evaluate {expression!r} ({e}); pandas did", RuntimeWarning, 3
@@ -69,9 +73,14 @@ class ObsFrames:
         return mask
 
     def matrices(self, obs: ObsColumns, frame) -> dict[str, torch.Tensor] | None:
-        """The packed obs matrices built by cuDF on the device, or None (copy the host ones)."""
+        """The packed obs matrices built by cuDF on the backend's GPU (what the kernels gather
+        from), or None (the assembler copies the host ones)."""
         if self.cudf is None:
             return None
+        with self.backend.device_context():
+            return self._matrices(obs, frame)
+
+    def _matrices(self, obs: ObsColumns, frame) -> dict[str, torch.Tensor]:
         import cupy
 
         def packed(columns: list, dtype, missing):

@@ -15,7 +15,9 @@ import os
 
 import torch
 
-from gpuload.device.backend import Backend, CudaBackend, SimulatedCudaBackend
+from gpuload.device.backend import Backend
+from gpuload.device.cuda_backend import CudaBackend
+from gpuload.device.simulated import SimulatedCudaBackend
 from gpuload.errors import ArgumentError, DeviceError
 
 GPU_INSTALL_HINT = (
