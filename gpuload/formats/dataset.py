@@ -23,11 +23,12 @@ from gpuload.formats.modality_files import ModalityFiles, open_modality_files
 from gpuload.formats.stacked import open_stacked
 from gpuload.formats.store import MultiomeStore
 
-Source = str | os.PathLike | Mapping[str, str | os.PathLike]
+# One dataset's source: a file, or a {modality: .h5ad} mapping
+DataSource = str | os.PathLike | Mapping[str, str | os.PathLike]
 
 
 def open_multiome(
-    data: Source | Sequence[Source],
+    data: DataSource | Sequence[DataSource],
     *,
     layer: str | dict | None = None,
     modality_key: str = "feature_types",

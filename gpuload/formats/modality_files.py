@@ -7,8 +7,10 @@ the dataset's cells are the first file's, in its order, then each next file's ce
 earlier file has, in its order. Files that list the same names in the same order are paired
 row by row with no join; otherwise one vectorised hash join (pandas' ``get_indexer``) pairs them
 at open: 0.6 s for two files of 1M cells in different orders, 0.2 s in the same order (the check
-for duplicate names), on the 2-core development machine (``benchmarks/pair_join.py``). A cell a file lacks reads as a zero row of that modality with
-``mask`` False, through the same :class:`~gpuload.formats.pairing.PairedRows` as an ``.h5mu``.
+for duplicate names), on the 2-core development machine (``benchmarks/pair_join.py``). A cell
+a file lacks reads as a zero row of that modality with ``mask`` False, through the same
+:class:`~gpuload.formats.pairing.PairedRows` as an ``.h5mu``. ``str(source)`` names the pair in
+messages and in ``MultiomeLoader.files``; a row in them is the dataset's row.
 
 obs: a column several files have appears once under its own name, each cell's value taken from
 the first file (in mapping order) that has the cell, categories merged as for a list of files (the
