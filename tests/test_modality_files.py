@@ -32,6 +32,7 @@ def split_files(small_adata, tmp_path_factory):
         rng.permutation(np.setdiff1d(np.arange(n), rng.choice(n, n // 3, replace=False))), G:
     ].copy()
     gex.obs = gex.obs[["cell_type", "batch", "GEX_n_genes"]]
+    gex.var["feature_types"] = "Gene Expression"  # the key names the modality
     atac.obs = atac.obs[["ATAC_nCount_peaks", "batch", "cell_type"]]
     atac.X = sp.csc_matrix(atac.X)
     paths = {"GEX": folder / "gex.h5ad", "ATAC": folder / "atac.h5ad"}
