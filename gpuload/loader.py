@@ -42,7 +42,7 @@ from gpuload.device import Backend, ObsFrames, RingPool, get_backend
 from gpuload.epoch import EpochRun, LoaderIterator, Position
 from gpuload.errors import ArgumentError, GpuloadError
 from gpuload.fetch import BlockFetcher
-from gpuload.formats import MultiomeStore, is_file_list, open_multiome
+from gpuload.formats import DataSource, MultiomeStore, is_file_list, open_multiome
 from gpuload.plan import build_plan, cell_weights
 from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
 
@@ -58,7 +58,9 @@ class MultiomeLoader:
     data
         An ``.h5ad`` (modalities told apart by ``var["feature_types"]``), an ``.h5mu`` (the
         modalities are its ``mod`` entries, paired by global cell; a cell a modality lacks reads
-        as a zero row with ``mask[modality]`` False), a list of such files with the same
+        as a zero row with ``mask[modality]`` False), a ``{modality: .h5ad}`` mapping (one file
+        per modality, cells paired by obs_names, the same way; see
+        :mod:`gpuload.formats.modality_files`), a list of such files or mappings with the same
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
         :attr:`files`), or an open :class:`~gpuload.formats.MultiomeStore`.
     batch_size, shuffle, drop_last
@@ -144,7 +146,7 @@ class MultiomeLoader:
 
     def __init__(
         self,
-        data: str | os.PathLike | Sequence[str | os.PathLike] | MultiomeStore,
+        data: DataSource | Sequence[DataSource] | MultiomeStore,
         *,
         batch_size: int = 32,
         shuffle: bool | str = True,

@@ -18,6 +18,7 @@ from gpuload.formats.frames import modalities_of, obsm_keys_of, read_obs, read_o
 from gpuload.formats.hdf5 import find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
+from gpuload.formats.types import Modality
 
 
 def open_h5ad(
@@ -28,14 +29,21 @@ def open_h5ad(
     modality_key: str,
     cache_dir,
     lazy: bool = False,
+    modality: str | None = None,
 ) -> MultiomeStore:
     """The store of an open ``.h5ad`` (closed here when it cannot be read); ``lazy`` opens the row
-    reader at the first read (what a file of several does, so a rank opens only what it reads)."""
+    reader at the first read (what a file of several does, so a rank opens only what it reads);
+    ``modality`` names the one modality of a file that holds only one (a ``{modality: file}``
+    mapping's), whose every column is then that modality's."""
     key = "X" if layer is None else f"layers/{layer}"
     try:
         key, node, encoding, shape = find_matrix(file, layer, str(path))
         var = read_var(file, str(path))
-        modalities = modalities_of(var, modality_key, shape[1], str(path))
+        modalities = (
+            modalities_of(var, modality_key, shape[1], str(path))
+            if modality is None
+            else {modality: Modality(modality, np.arange(shape[1], dtype=np.int64))}
+        )
         obs = read_obs(file, path)
         if len(obs) != shape[0]:
             raise SchemaError(f"{path}: obs has {len(obs)} rows but {key} has {shape[0]}")

@@ -3,28 +3,28 @@
 MuData keeps each modality as an AnnData of its own cells and says, in ``obsmap/<name>``, which
 row of the modality (1-based; 0: none) belongs to each global cell, in the order of the global
 ``obs``. The store presents the modalities side by side in ``mod-order``: global cell ``i`` is
-row ``i``, and a cell that a modality lacks reads as an empty (all-zero) row of it. obs is the
+row ``i``, and a cell that a modality lacks reads as an empty (all-zero) row of it
+(:mod:`~gpuload.formats.pairing`). obs is the
 global obs (mudata copies each modality's columns there as ``mod:column``; columns it did not
 copy are added the same way); var is the modalities' var frames one after the other.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
-from numba import njit
 
 from gpuload.errors import ArgumentError, GpuloadError, InputFileError, SchemaError
 from gpuload.formats.encoding import ROW_READERS
 from gpuload.formats.frames import obsm_keys_of, read_obs, read_obsm, read_var
 from gpuload.formats.hdf5 import find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
+from gpuload.formats.pairing import PairedModality, PairedRows, per_cell, rows_of_cells, spread_rows
 from gpuload.formats.store import MultiomeStore
-from gpuload.formats.types import Modality, RowBlock, RowReader, combined_encoding, kernel_values
+from gpuload.formats.types import Modality, RowReader, combined_encoding
 
 
 def is_mudata(file: h5py.File) -> bool:
@@ -34,76 +34,6 @@ def is_mudata(file: h5py.File) -> bool:
     return (kind.decode() if isinstance(kind, bytes) else kind) == "MuData" or (
         "mod" in file and "X" not in file
     )
-
-
-@njit(cache=True, nogil=True)
-def _place_rows(indptr, before, present, position, src_indptr, src_indices, src_data, offset, indices, data):
-    """Copy row ``position[k]`` of one modality's block into full-width row ``present[k]``, after
-    the ``before`` values of the modalities before it, its columns shifted by ``offset``."""
-    for k in range(present.size):
-        lo, hi = src_indptr[position[k]], src_indptr[position[k] + 1]
-        at = indptr[present[k]] + before[present[k]]
-        for t in range(hi - lo):
-            indices[at + t] = src_indices[lo + t] + offset
-            data[at + t] = src_data[lo + t]
-
-
-@dataclass(frozen=True)
-class PairedModality:
-    """One modality's reader, where its columns start, and its row of each global cell."""
-
-    reader: RowReader
-    offset: int  # first full-width column
-    local: np.ndarray  # [n_cells] int64: the modality's row of each global cell, -1 where none
-
-
-class PairedRows:
-    """Full-width CSR rows of global cells, from each modality's own reader (see the module)."""
-
-    sidecar = None
-
-    def __init__(self, parts: list[PairedModality], dtype: np.dtype, index_dtype: np.dtype) -> None:
-        self.parts, self.dtype, self.index_dtype = parts, dtype, index_dtype
-
-    def close(self) -> None:
-        for part in self.parts:
-            part.reader.close()
-
-    def stored_values(self, rows: np.ndarray) -> int | None:
-        total = 0
-        for part in self.parts:
-            local = part.local[rows]
-            n = part.reader.stored_values(np.sort(local[local >= 0]))
-            if n is None:
-                return None
-            total += n
-        return total
-
-    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
-        lengths = np.zeros((rows.size, len(self.parts)), dtype=np.int64)
-        pieces = []
-        for m, part in enumerate(self.parts):
-            local = part.local[rows]
-            present = np.flatnonzero(local >= 0)
-            order = np.argsort(local[present], kind="stable")
-            block = part.reader.read(local[present][order])
-            block = RowBlock(block.rows, block.indptr, block.indices, kernel_values(block.data))
-            position = np.empty(present.size, dtype=np.int64)  # each present row's place in block
-            position[order] = np.arange(present.size)
-            lengths[present, m] = np.diff(block.indptr)[position]
-            pieces.append((present, position, block))
-        indptr = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(lengths.sum(axis=1), out=indptr[1:])
-        total = int(indptr[-1])
-        indices = empty(total, self.index_dtype)  # the order fetch sizes page-locked reads in
-        data = empty(total, self.dtype)
-        before = np.cumsum(lengths, axis=1) - lengths  # a row's values of earlier modalities
-        for m, (part, (present, position, block)) in enumerate(zip(self.parts, pieces, strict=True)):
-            _place_rows(
-                indptr, np.ascontiguousarray(before[:, m]), present, position, block.indptr,
-                block.indices, block.data, part.offset, indices, data,
-            )  # fmt: skip
-        return RowBlock(rows, indptr, indices, data)
 
 
 def _local_rows(
@@ -120,9 +50,7 @@ def _local_rows(
     else:
         if not obs.index.is_unique:
             raise SchemaError(f"{where}: no obsmap/{name}, and the global obs names are not unique")
-        local = np.full(n, -1, dtype=np.int64)
-        hits = obs.index.get_indexer(mod_obs.index)
-        local[hits[hits >= 0]] = np.flatnonzero(hits >= 0)
+        local = rows_of_cells(obs.index.get_indexer(mod_obs.index), n)
     used = local[local >= 0]
     if local.min(initial=0) < -1 or used.max(initial=-1) >= n_mod or np.unique(used).size != used.size:
         raise SchemaError(
@@ -134,12 +62,8 @@ def _local_rows(
 
 def _pulled_obs(obs: pd.DataFrame, name: str, mod_obs: pd.DataFrame, local: np.ndarray) -> dict:
     """The modality's obs columns the global obs lacks, as ``name:column`` per global cell."""
-    out = {}
-    for column in mod_obs.columns:
-        if f"{name}:{column}" not in obs.columns:
-            values = mod_obs[column].reset_index(drop=True).reindex(local)  # -1 -> missing
-            out[f"{name}:{column}"] = values.set_axis(obs.index)
-    return out
+    own = [c for c in mod_obs.columns if f"{name}:{c}" not in obs.columns]
+    return per_cell(mod_obs[own], local, obs.index).add_prefix(f"{name}:").to_dict("series")
 
 
 def open_h5mu(path: Path, file: h5py.File, *, layer, cache_dir, lazy: bool = False) -> MultiomeStore:
@@ -209,10 +133,7 @@ def _open(path: Path, file: h5py.File, layer, cache_dir, lazy: bool, readers: li
             return read_obsm(file, name, len(obs), where)
         mod, own_key = mod_obsm[name]
         local = parts[names.index(mod)].local
-        own = read_obsm(file["mod"][mod], own_key, mod_cells[mod], where)
-        out = np.full((len(obs), own.shape[1]), np.nan, dtype=np.float32)
-        out[local >= 0] = own[local[local >= 0]]
-        return out
+        return spread_rows(read_obsm(file["mod"][mod], own_key, mod_cells[mod], where), local)
 
     common = set.intersection(*(set(layers_of(file["mod"][m])) for m in names))
     return MultiomeStore(

@@ -1,21 +1,21 @@
 """Several files as one dataset: their cells one after the other, their features checked equal.
 
-Each file (``.h5ad`` or ``.h5mu``) is opened for its obs, var and shape; its row reader opens at
-the first read of one of its rows, so a rank that reads only some files opens only those. Global
-row ``g`` is row ``g - file_starts[i]`` of file ``i``. obs is the union of the files' columns
-(missing values NaN or None; a categorical column's categories merged in order of appearance).
+Each file (``.h5ad``, ``.h5mu`` or a ``{modality: .h5ad}`` mapping) is opened for its obs, var and
+shape; its row reader opens at the first read of one of its rows, so a rank that reads only some
+files opens only those. Global row ``g`` is row ``g - file_starts[i]`` of file ``i``. obs is the
+union of the files' columns (missing values NaN or None; a categorical column's categories merged
+in order of appearance).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gpuload.errors import ArgumentError, SchemaError
-from gpuload.formats.h5mu import PairedRows
+from gpuload.errors import SchemaError
+from gpuload.formats.pairing import PairedRows
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Encoding, RowBlock, combined_encoding
 
@@ -160,20 +160,16 @@ def _check_same_features(stores: list[MultiomeStore]) -> None:
             )
 
 
-def describe_files(paths: Sequence[Path]) -> str:
+def describe_files(paths: Sequence) -> str:
     """How messages name a dataset of several files."""
     shown = ", ".join(str(p) for p in paths[:3])
     return f"[{shown}{f', and {len(paths) - 3} more' if len(paths) > 3 else ''}]"
 
 
-def open_stacked(paths: Sequence[Path], open_file: Callable[[Path], MultiomeStore]) -> MultiomeStore:
-    """The files ``paths`` as one dataset; ``open_file(path)`` opens one with a lazy reader."""
-    if not paths:
-        raise ArgumentError("data is an empty list; give one or more .h5ad/.h5mu paths")
-    resolved = [p.resolve() for p in paths]
-    repeated = [str(p) for i, p in enumerate(paths) if resolved[i] in resolved[:i]]
-    if repeated:
-        raise ArgumentError(f"data lists {repeated[0]} more than once; a file's cells would be repeated")
+def open_stacked(paths: Sequence, open_file: Callable[..., MultiomeStore]) -> MultiomeStore:
+    """The files ``paths`` as one dataset; ``open_file(path)`` opens one with a lazy reader. A
+    "path" is whatever ``open_file`` takes (a ``Path``, or a ``{modality: file}`` mapping's
+    :class:`~gpuload.formats.modality_files.ModalityFiles`); its ``str()`` names it."""
     stores: list[MultiomeStore] = []
     try:
         for path in paths:

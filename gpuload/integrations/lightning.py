@@ -19,7 +19,6 @@ Three things a hand-written datamodule gets wrong, and how this one does them:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 
 import lightning as L
@@ -28,7 +27,7 @@ import numpy as np
 from gpuload.bmmc import schema
 from gpuload.checks import non_negative_int, positive_int
 from gpuload.errors import ArgumentError
-from gpuload.formats import MultiomeStore, open_multiome
+from gpuload.formats import DataSource, MultiomeStore, open_multiome
 from gpuload.loader import MultiomeLoader
 
 STAGES = ("train", "val", "test")
@@ -113,8 +112,9 @@ class MultiomeDataModule(L.LightningDataModule):
     Parameters
     ----------
     data
-        What :class:`~gpuload.MultiomeLoader` reads: an ``.h5ad``, an ``.h5mu``, a list of them
-        (split over their union), or an open :class:`~gpuload.MultiomeStore` shared by the loaders.
+        What :class:`~gpuload.MultiomeLoader` reads: an ``.h5ad``, an ``.h5mu``, a
+        ``{modality: .h5ad}`` mapping, a list of them (split over their union), or an open
+        :class:`~gpuload.MultiomeStore` shared by the loaders.
     batch_size
         Cells per batch, every stage.
     split
@@ -135,7 +135,7 @@ class MultiomeDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data: str | os.PathLike | Sequence[str | os.PathLike] | MultiomeStore,
+        data: DataSource | Sequence[DataSource] | MultiomeStore,
         *,
         batch_size: int,
         split: str | Mapping | None = "auto",
