@@ -12,6 +12,8 @@ from collections.abc import Iterator, MutableMapping
 
 import numpy as np
 
+from gpuload.device import moved
+
 
 class CategoryStrings:
     """One categorical obs column of a batch, turned into strings only when read (None for a
@@ -90,6 +92,12 @@ class LazyColumns(MutableMapping):
 
     def __delitem__(self, key) -> None:
         del self._columns[key]
+
+    def to(self, *args, **kwargs) -> LazyColumns:
+        """The columns as ``Tensor.to(*args, **kwargs)`` would move each, still lazy: a column is
+        moved when first read. Frameworks that move a batch through objects with ``to`` (Lightning's
+        ``move_data_to_device``) then leave the unread columns unmade."""
+        return LazyColumns(self._columns, lambda key: moved(self[key], *args, **kwargs))
 
     def made(self) -> list:
         """The values made (or set) so far, without making the others."""

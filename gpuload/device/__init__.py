@@ -3,7 +3,7 @@ choosing one (``select``), the ledger of device operations (``ledger``) and its 
 checker (``happens_before``), the page-locked rings (``pinned``) and obs frames of a face
 (``frames``: cuDF on a GPU)."""
 
-from gpuload.device.backend import Backend, Fence, HostBufferPool, StreamFace, span
+from gpuload.device.backend import Backend, Fence, HostBufferPool, StreamFace, moved, span
 from gpuload.device.cuda_backend import CudaBackend
 from gpuload.device.frames import ObsFrames
 from gpuload.device.happens_before import Violation, check
@@ -30,6 +30,7 @@ __all__ = [
     "Violation",
     "check",
     "get_backend",
+    "moved",
     "gpu_available",
     "simulator_enabled",
     "span",

@@ -65,6 +65,11 @@ def span(array) -> tuple[int, int]:
     return interface["data"][0], size
 
 
+def moved(value, *args, **kwargs):
+    """``value.to(*args, **kwargs)`` for a tensor, ``value`` itself otherwise (obs strings)."""
+    return value.to(*args, **kwargs) if isinstance(value, torch.Tensor) else value
+
+
 def spans(arrays: Iterable) -> tuple[tuple[int, int], ...]:
     """The non-empty memory of ``arrays`` (an empty tensor has no memory to order)."""
     return tuple(s for s in (span(a) for a in arrays if hasattr(a, "shape")) if s[1] > 0)
