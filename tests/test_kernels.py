@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from gpuload import MultiomeLoader
 from gpuload.assembly import BatchAssembler
-from gpuload.device import get_backend
+from gpuload.device import RunRings, get_backend
 from gpuload.errors import DataValueError
 from gpuload.fetch import DeviceBlock
 from gpuload.formats import Modality
@@ -77,7 +77,8 @@ def gather(face, csr, rows, groups, codes, row_scale, col_weight=None, threshold
     block = DeviceBlock(
         np.arange(n_cells), *(backend.kernel_view(backend.upload(a, "test")) for a in arrays), None
     )
-    assembled = assembler.assemble(block, [np.asarray(rows, np.int64)])
+    rings = RunRings.for_run(backend, prefetch=1) if backend.streams else None
+    assembled = assembler.settle(assembler.assemble(block, [np.asarray(rows, np.int64)], rings))
     if assembled.error is not None:
         return None, None, assembled.error
     (batch,) = assembled.batches

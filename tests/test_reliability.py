@@ -848,8 +848,9 @@ def test_keyboard_interrupt_in_the_consumer(base, warm, no_leftovers):
 
 
 def test_consumer_leaving_early_stops_the_threads(base, no_leftovers):
-    """``break``, ``close()`` on the iterator, or a new iteration over an abandoned one: the
-    background threads end, and the next iteration is a complete epoch."""
+    """``break``, ``close()`` on the iterator, or dropping an abandoned one: the background
+    threads end, and the next iteration is a complete epoch (an abandoned iterator still
+    referenced keeps its own run, as a DataLoader iterator does, until it is dropped)."""
     loader = MultiomeLoader(base, obs_keys=[], **{**FAULT_KWARGS, "prefetch": 1})
     for i, _ in enumerate(loader):
         if i == 2:
@@ -863,8 +864,8 @@ def test_consumer_leaving_early_stops_the_threads(base, no_leftovers):
     next(abandoned)  # kept alive, never closed
     rows = epoch_rows(loader)
     np.testing.assert_array_equal(np.sort(rows), np.arange(N_CELLS))
-    assert wait_until(lambda: not gpuload_threads())
     del abandoned
+    assert wait_until(lambda: not gpuload_threads())
 
 
 def test_slow_consumer_gets_the_batches_then_the_error(base, warm, monkeypatch, no_leftovers):
