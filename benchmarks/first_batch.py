@@ -28,7 +28,8 @@ loader = gpuload.MultiomeLoader(sys.argv[1], batch_size=128, shuffle=True, seed=
 built = time.perf_counter()
 batch = next(iter(loader))
 first = time.perf_counter()
-print(json.dumps({"import": imported - start, "build": built - imported, "first_batch": first - built}))
+print(json.dumps({"import": imported - start, "build": built - imported, "first_batch": first - built,
+                  "package": gpuload.__file__}))
 """
 
 
@@ -37,9 +38,11 @@ def run_child(path: str, cache_dir: str) -> dict[str, float]:
     root = str(Path(__file__).resolve().parents[1])  # this checkout's gpuload
     env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir, "PYTHONPATH": root}
     result = subprocess.run(
-        [sys.executable, "-c", CHILD, path], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", CHILD, path], env=env, cwd=root, capture_output=True, text=True, check=True
     )
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    timings = json.loads(result.stdout.strip().splitlines()[-1])
+    assert timings.pop("package").startswith(root), "timed another checkout's gpuload"
+    return timings
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|" + "---|" * (len(columns) + 1))
     for row in rows:
         cells = [str(row.get(c, "n/a")) for c in columns]
-        cells.append(f"{row['occupancy']:.0%}" if "occupancy" in row else "n/a")
+        cells.append(f"{row['occupancy']:.1%}" if "occupancy" in row else "n/a")
         print("| " + " | ".join(cells) + " |")
 
 
