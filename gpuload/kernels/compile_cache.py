@@ -1,5 +1,5 @@
 """Compiled kernels kept on disk between processes: only the first process compiles them (every
-DDP rank and ``gpuload`` command did; a fresh process's first batch took 4.7 s without the cache
+DDP rank and ``gpuload`` command did; a fresh process's first batch took 4.6 s without the cache
 and 0.6 s with it, benchmarks/RESULTS.md 2026-12-06).
 
 numba's cache trusts a kernel's defining file: it recompiles when that file's timestamp or size
