@@ -231,9 +231,9 @@ def test_cuda_kernels_equal_cpu_twin_bit_for_bit(monkeypatch, rng, threads, outp
     """The CUDA kernels (simulated with ``threads`` per dense block / lanes per sparse row, so a
     row spans many of them) write what the CPU twin writes, bit for bit; the log transforms
     within two float32 ulps (the simulator computes log1p in float64, numba in float32)."""
-    from gpuload.device import backend
+    from gpuload.device import simulated
 
-    monkeypatch.setattr(backend, "SIMULATOR_THREADS", threads)
+    monkeypatch.setattr(simulated, "SIMULATOR_THREADS", threads)
     csr, rows, groups = wide_rows(rng)
     scale = rng.uniform(0.2, 4.0, (7, 3))
     weight = rng.uniform(0.5, 2.0, 70)
