@@ -60,6 +60,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with open_multiome(args.file) as store:
         print(f"{store.path}: {store.n_cells:,} cells x {store.n_vars:,} features")
+        for label, value in store.about.items():
+            print(f"{label}: {value}")
         print(
             "modalities: "
             + ", ".join(

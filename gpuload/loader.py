@@ -44,7 +44,8 @@ class MultiomeLoader:
     data
         An ``.h5ad`` (modalities told apart by ``var["feature_types"]``), an ``.h5mu`` (the
         modalities are its ``mod`` entries, paired by global cell; a cell a modality lacks reads
-        as a zero row with ``mask[modality]`` False), a list of such files with the same
+        as a zero row with ``mask[modality]`` False), a 10x feature-barcode matrix ``.h5``
+        (modalities from its ``feature_type``), a list of such files with the same
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
         :attr:`files`), or an open :class:`~gpuload.formats.MultiomeStore`.
     batch_size, shuffle, drop_last
@@ -54,11 +55,15 @@ class MultiomeLoader:
         Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
     modalities
         ``None`` (every modality of the file, in file order: ``GEX``, ``ATAC`` for BMMC), a
-        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), or ``"all"`` (one
-        full-width ``"X"``).
+        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), ``{key: name}`` (the
+        modality ``name`` delivered as ``batch[key]``: ``{"GEX": "Gene Expression"}``), or
+        ``"all"`` (one full-width ``"X"``).
     layer
         ``None`` for X or a key of ``layers`` such as ``"counts"`` (for an ``.h5mu``, also
         ``{modality: layer or None}``).
+    feature_type_key
+        The var column whose distinct values are the modalities of an ``.h5ad`` (default
+        ``"feature_types"``).
     transform
         ``None`` (values as stored), one spec for every modality, or ``{modality: spec}``; a
         spec is a name (``"log1p_size_factor"``, ``"normalize_total"``, ``"log1p"``,
@@ -136,8 +141,9 @@ class MultiomeLoader:
         shuffle: bool | str = True,
         drop_last: bool = False,
         seed: int = 0,
-        modalities: str | Sequence[str] | None = None,
+        modalities: str | Sequence[str] | dict[str, str] | None = None,
         layer: str | None = None,
+        feature_type_key: str = "feature_types",
         transform=None,
         features=None,
         obs_keys: Sequence[str] | None = None,
@@ -175,7 +181,11 @@ class MultiomeLoader:
         self.batch_transform = check_pipeline(pipeline, dtype, output, batch_transform)
         self.dtype, self.pipeline, self.output = dtype, pipeline, output
         owns_store = not isinstance(data, MultiomeStore)
-        self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
+        self.store = (
+            open_multiome(data, layer=layer, feature_type_key=feature_type_key, cache_dir=cache_dir)
+            if owns_store
+            else data
+        )
         try:
             self.backend = get_backend(device)
             frames = ObsFrames(self.backend)

@@ -25,7 +25,7 @@ def open_h5ad(
     file: h5py.File,
     *,
     layer: str | None,
-    modality_key: str,
+    feature_type_key: str,
     cache_dir,
     lazy: bool = False,
 ) -> MultiomeStore:
@@ -35,7 +35,7 @@ def open_h5ad(
     try:
         key, node, encoding, shape = find_matrix(file, layer, str(path))
         var = read_var(file, str(path))
-        modalities = modalities_of(var, modality_key, shape[1], str(path))
+        modalities = modalities_of(var, feature_type_key, shape[1], str(path))
         obs = read_obs(file, path)
         if len(obs) != shape[0]:
             raise SchemaError(f"{path}: obs has {len(obs)} rows but {key} has {shape[0]}")
