@@ -40,9 +40,9 @@ ABOUT = ("filetype", "version", "software_version", "chemistry_description", "li
 
 
 def is_10x(file: h5py.File) -> bool:
-    """What the file says it is: a top-level ``matrix`` group holding ``indptr`` and ``barcodes``."""
-    node = file.get(MATRIX)
-    return isinstance(node, h5py.Group) and "indptr" in node and "barcodes" in node
+    """What the file says it is: a top-level ``matrix`` group (an AnnData has ``X`` and ``obs``
+    instead), so that a 10x file missing a dataset is told so, not called a bad AnnData."""
+    return isinstance(file.get(MATRIX), h5py.Group) and "X" not in file and "obs" not in file
 
 
 def is_legacy_10x(file: h5py.File) -> bool:
