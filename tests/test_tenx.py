@@ -19,11 +19,10 @@ import scipy.sparse as sp
 from gpuload import MultiomeLoader
 from gpuload.errors import ArgumentError, InputFileError, SchemaError
 from gpuload.formats import open_multiome
-from tests.conftest import REAL_GEX, file_digest
-from tests.tenx_writer import peak_interval, write_10x_h5
+from tests.conftest import file_digest
+from tests.tenx_writer import read_real_pair, real_as_10x_h5, real_as_10x_h5ad, write_10x_h5
 
 sc = pytest.importorskip("scanpy")
-REAL_ATAC = REAL_GEX.with_name("bmmc_multiome_starter_atac.h5ad")
 FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 TENX = {"GEX": "Gene Expression", "ATAC": "Peaks"}  # batch key -> the data's modality name
 
@@ -35,49 +34,21 @@ def _cells(device: str, n: int) -> dict:
 
 @pytest.fixture(scope="module")
 def real_pair() -> tuple[ad.AnnData, ad.AnnData]:
-    if not (REAL_GEX.exists() and REAL_ATAC.exists()):
-        pytest.skip(f"the real starter pair is not in {REAL_GEX.parent}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the starter files' old categorical encoding
-        return ad.read_h5ad(REAL_GEX), ad.read_h5ad(REAL_ATAC)
-
-
-def _real_counts(real_pair):
-    gex, atac = real_pair
-    counts = sp.hstack([gex.layers["counts"], atac.layers["counts"]]).tocsr()
-    return gex, atac, counts
+    return read_real_pair()
 
 
 @pytest.fixture(scope="module")
 def real_10x(real_pair, tmp_path_factory) -> tuple:
-    """The real pair's counts as cellranger-arc writes them: Gene Expression then Peaks (with
-    ``interval``), uint32 counts; and scanpy's reading of that file."""
-    gex, atac, counts = _real_counts(real_pair)
-    path = write_10x_h5(
-        tmp_path_factory.mktemp("tenx") / "filtered_feature_bc_matrix.h5",
-        counts,
-        gex.obs_names,
-        [*gex.var_names, *atac.var_names],
-        [*gex.var["gene_ids"], *atac.var_names],
-        ["Gene Expression"] * gex.n_vars + ["Peaks"] * atac.n_vars,
-        interval=["NA"] * gex.n_vars + [peak_interval(n) for n in atac.var_names],
-    )
+    """The real pair as a 10x .h5, and scanpy's reading of it."""
+    path = real_as_10x_h5(real_pair, tmp_path_factory.mktemp("tenx") / "filtered_feature_bc_matrix.h5")
     return path, sc.read_10x_h5(path, gex_only=False)
 
 
 @pytest.fixture(scope="module")
 def real_10x_h5ad(real_pair, tmp_path_factory) -> tuple:
-    """One AnnData with 10x's naming (what scanpy gives for cellranger-arc output), counts in X,
-    the real GEX file's obs; written by anndata."""
-    gex, atac, counts = _real_counts(real_pair)
-    var = pd.DataFrame(
-        {"feature_types": ["Gene Expression"] * gex.n_vars + ["Peaks"] * atac.n_vars},
-        index=[*gex.var_names, *atac.var_names],
-    )
-    adata = ad.AnnData(counts.astype(np.float32), obs=gex.obs.copy(), var=var)
+    """The real pair as one h5ad with 10x's modality names, and the AnnData written."""
     path = tmp_path_factory.mktemp("tenx_h5ad") / "multiome_10x_names.h5ad"
-    adata.write_h5ad(path)
-    return path, adata
+    return path, real_as_10x_h5ad(real_pair, path)
 
 
 @pytest.mark.parametrize("output", ["dense", "sparse_csr"])

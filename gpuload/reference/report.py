@@ -118,7 +118,7 @@ def small_run_lines(m: dict) -> list[str]:
         f"**What {n:,} cells can and cannot show.** The run shows that the whole job works on this",
         "data as it is shipped: the file is read with the choices above, every training cell is",
         f"visited once per epoch, the model trains ({steps} steps per epoch, {steps * m['epochs']} in all)",
-        "and every metric is computed. It cannot show how good the model is: "
+        "and every metric the data has labels for is computed. It cannot show how good the model is: "
         f"{m['n_test']} held-out cells{types}",
         "give noisy scores (another --seed moves them), KMeans has a handful of cells per cluster,",
         f"and {m['n_train']} training cells are far too few for a model of this size, so beating or",
