@@ -12,10 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gpuload.errors import GpuloadError, InputFileError, SchemaError
+from gpuload.errors import SchemaError
 from gpuload.formats.encoding import ROW_READERS
 from gpuload.formats.frames import modalities_of, obsm_keys_of, read_obs, read_obsm, read_var
-from gpuload.formats.hdf5 import find_matrix, layers_of
+from gpuload.formats.hdf5 import closed_on_error, find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
 
@@ -32,7 +32,7 @@ def open_h5ad(
     """The store of an open ``.h5ad`` (closed here when it cannot be read); ``lazy`` opens the row
     reader at the first read (what a file of several does, so a rank opens only what it reads)."""
     key = "X" if layer is None else f"layers/{layer}"
-    try:
+    with closed_on_error(file, f"{path}: cannot read {key}"):
         key, node, encoding, shape = find_matrix(file, layer, str(path))
         var = read_var(file, str(path))
         modalities = modalities_of(var, feature_type_key, shape[1], str(path))
@@ -44,15 +44,6 @@ def open_h5ad(
             return ROW_READERS[encoding.kind](path, key, node, shape, cache_dir)
 
         reader = LazyReader(open_reader, encoding) if lazy else open_reader()
-    except GpuloadError:
-        file.close()
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a corrupt file
-        file.close()
-        raise InputFileError(f"{path}: cannot read {key} ({e}); the file is corrupt") from e
-    except BaseException:
-        file.close()
-        raise
     return MultiomeStore(
         path,
         key,

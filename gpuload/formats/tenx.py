@@ -23,9 +23,10 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from gpuload.errors import ArgumentError, GpuloadError, InputFileError, SchemaError
+from gpuload.errors import ArgumentError, SchemaError
 from gpuload.formats.csr import open_csr_rows
 from gpuload.formats.frames import modalities_of
+from gpuload.formats.hdf5 import closed_on_error
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Encoding
@@ -67,22 +68,13 @@ def open_10x(
     path: Path, file: h5py.File, *, layer, feature_type_key: str, lazy: bool = False
 ) -> MultiomeStore:
     """The store of an open 10x ``.h5`` (closed here when it cannot be read)."""
-    try:
+    with closed_on_error(file, f"{path}: cannot read the 10x matrix"):
         if layer is not None:
             raise ArgumentError(
                 f"{path}: a 10x .h5 holds one matrix (the counts) and no layers; got layer={layer!r}, "
                 "use layer=None"
             )
         return _open(path, file, feature_type_key, lazy)
-    except GpuloadError:
-        file.close()
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a corrupt file
-        file.close()
-        raise InputFileError(f"{path}: cannot read the 10x matrix ({e}); the file is corrupt") from e
-    except BaseException:
-        file.close()
-        raise
 
 
 def _array(group: h5py.Group, name: str, kinds: str, where: str) -> h5py.Dataset:

@@ -46,6 +46,7 @@ class TrainingInputs:
     size_factor_key: str | None
     size_factors: np.ndarray | None  # [n_cells], computed where the file has none
     choices: list[str] = field(default_factory=list)  # what was chosen, in words
+    _tables: dict = field(default_factory=dict, repr=False)  # device -> size_factors there
 
     @property
     def obs_keys(self) -> list[str]:
@@ -68,9 +69,14 @@ class TrainingInputs:
         if self.size_factor_key is not None:
             obs["size_factors"] = obs[self.size_factor_key]
         else:
-            table = torch.as_tensor(self.size_factors, device=batch["index"].device)
-            obs["size_factors"] = table[batch["index"]]
+            obs["size_factors"] = self._size_factor_table(batch["index"].device)[batch["index"]]
         return batch
+
+    def _size_factor_table(self, device: torch.device) -> torch.Tensor:
+        """The computed size factors on ``device``, moved there once."""
+        if device not in self._tables:
+            self._tables[device] = torch.as_tensor(self.size_factors, device=device)
+        return self._tables[device]
 
     def batch_categories(self, categories) -> list[str]:
         return [ONE_BATCH] if self.batch_key is None else list(categories(self.batch_key))
