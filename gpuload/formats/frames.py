@@ -48,6 +48,12 @@ def modalities_of(var: pd.DataFrame, key: str, n_vars: int, where: str) -> dict[
         raise SchemaError(
             f"{where}: var has no column {key!r} to tell modalities apart (var columns: {list(var.columns)})"
         )
+    missing = np.flatnonzero(var[key].isna().to_numpy())
+    if missing.size:
+        raise SchemaError(
+            f"{where}: var[{key!r}] is missing for {missing.size} features (first: column {missing[0]}, "
+            f"{var.index[missing[0]]!r}); every feature needs a modality"
+        )
     try:
         values = var[key].astype(str).to_numpy()
     except (TypeError, ValueError) as e:
