@@ -200,6 +200,10 @@ def test_names_from_data_rename_and_errors_that_list_them(real_10x_h5ad, tmp_pat
         MultiomeLoader(tmp_path / "assay.h5ad", device="cpu")
     by_assay = MultiomeLoader(tmp_path / "assay.h5ad", feature_type_key="assay", device="cpu")
     assert [m.name for m in by_assay.modalities] == ["Gene Expression", "Peaks"]
+    from gpuload.lightning import MultiomeDataModule
+
+    dm = MultiomeDataModule(tmp_path / "assay.h5ad", batch_size=50, feature_type_key="assay", device="cpu")
+    assert "random" in dm.split_description  # s1d1 / s1d2 only: no competition test batch
 
 
 def test_renamed_h5mu_modalities_keep_their_obs_and_statistics(real_pair, tmp_path):
