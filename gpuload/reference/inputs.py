@@ -85,7 +85,7 @@ class TrainingInputs:
 def open_training_inputs(
     data, *, gex: str | None = None, atac: str | None = None, layer: str | None = None
 ) -> TrainingInputs:
-    """Open ``data`` (whatever :class:`~gpuload.MultiomeLoader` accepts) on its raw counts and
+    """Open ``data`` (whatever :func:`~gpuload.formats.open_multiome` opens) on its raw counts and
     find each role; clear errors, naming the file and what it has, where one is missing."""
     store, counts_choice = _open_counts(data, layer)
     try:

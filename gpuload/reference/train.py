@@ -167,7 +167,7 @@ def train(
     atac: str | None = None,
     layer: str | None = None,
 ) -> dict:
-    """Train a MultiomeVAE on ``data_path`` (whatever :class:`~gpuload.MultiomeLoader` reads)
+    """Train a MultiomeVAE on ``data_path`` (whatever :func:`~gpuload.formats.open_multiome` opens)
     and evaluate it on held-out cells.
 
     ``gex`` / ``atac`` name the modalities (default: the first of
