@@ -58,7 +58,8 @@ class MultiomeLoader:
     data
         An ``.h5ad`` (modalities told apart by ``var["feature_types"]``), an ``.h5mu`` (the
         modalities are its ``mod`` entries, paired by global cell; a cell a modality lacks reads
-        as a zero row with ``mask[modality]`` False), a ``{modality: .h5ad}`` mapping (one file
+        as a zero row with ``mask[modality]`` False), a 10x feature-barcode matrix ``.h5``
+        (modalities from its ``feature_type``), a ``{modality: .h5ad}`` mapping (one file
         per modality, cells paired by obs_names, the same way; see
         :mod:`gpuload.formats.modality_files`), a list of such files or mappings with the same
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
@@ -70,11 +71,15 @@ class MultiomeLoader:
         Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
     modalities
         ``None`` (every modality of the file, in file order: ``GEX``, ``ATAC`` for BMMC), a
-        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), or ``"all"`` (one
-        full-width ``"X"``).
+        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), ``{key: name}`` (the
+        modality ``name`` delivered as ``batch[key]``: ``{"GEX": "Gene Expression"}``), or
+        ``"all"`` (one full-width ``"X"``).
     layer
         ``None`` for X or a key of ``layers`` such as ``"counts"`` (for an ``.h5mu``, also
         ``{modality: layer or None}``).
+    feature_type_key
+        The var column whose distinct values are the modalities of an ``.h5ad`` (default
+        ``"feature_types"``).
     transform
         ``None`` (values as stored), one spec for every modality, or ``{modality: spec}``; a
         spec is a name (``"log1p_size_factor"``, ``"normalize_total"``, ``"log1p"``,
@@ -152,8 +157,9 @@ class MultiomeLoader:
         shuffle: bool | str = True,
         drop_last: bool = False,
         seed: int = 0,
-        modalities: str | Sequence[str] | None = None,
+        modalities: str | Sequence[str] | dict[str, str] | None = None,
         layer: str | None = None,
+        feature_type_key: str = "feature_types",
         transform=None,
         features=None,
         obs_keys: Sequence[str] | None = None,
@@ -182,16 +188,16 @@ class MultiomeLoader:
     ) -> None:
         self.batch_size = positive_int("batch_size", batch_size)
         self.prefetch = positive_int("prefetch", prefetch)
-        if num_threads is None:  # every core: what the loader alone is fastest with
-            num_threads = os.cpu_count() or 1
-        self.num_threads = positive_int("num_threads", num_threads)
+        every_core = os.cpu_count() or 1  # the default: what the loader alone is fastest with
+        self.num_threads = positive_int("num_threads", every_core if num_threads is None else num_threads)
         self.drop_last = bool(drop_last)
         seed = non_negative_int("seed", seed)
         check_output(dtype, output, super_batch_bytes)
         self.batch_transform = check_pipeline(pipeline, dtype, output, batch_transform)
         self.dtype, self.pipeline, self.output = dtype, pipeline, output
         self._owns_store = owns_store = not isinstance(data, MultiomeStore)
-        self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
+        opened = {"layer": layer, "feature_type_key": feature_type_key, "cache_dir": cache_dir}
+        self.store = open_multiome(data, **opened) if owns_store else data
         try:
             self.backend = get_backend(device)
             frames = ObsFrames(self.backend)

@@ -187,13 +187,10 @@ def _drop_feature_types(f):
     f["var"].attrs["column-order"] = np.array(["gene_id"], dtype=h5py.string_dtype())
 
 
-def _unknown_feature_types(f):
-    replace_dataset(
-        f,
-        "var/feature_types/categories",
-        np.array(["Protein", "RNA"], dtype=object),
-        dtype=h5py.string_dtype(),
-    )
+def _feature_type_missing(f):
+    codes = f["var/feature_types/codes"][()]
+    codes[7] = -1  # the eighth feature has no type
+    replace_dataset(f, "var/feature_types/codes", codes)
 
 
 def _short_obs(f):
@@ -279,10 +276,10 @@ BROKEN_FILES = {
         SchemaError,
         ["feature_types", "var"],
     ),
-    "feature_types-unknown": (
-        lambda b, d: edited(b, d, _unknown_feature_types),
+    "feature_type-of-one-feature-missing": (
+        lambda b, d: edited(b, d, _feature_type_missing),
         SchemaError,
-        ["feature_types", "Protein", "GEX", "ATAC"],
+        ["feature_types", "missing", "7"],
     ),
     "obs-shorter-than-X": (lambda b, d: edited(b, d, _short_obs), SchemaError, ["150", "200"]),
     "obs-missing": (lambda b, d: edited(b, d, lambda f: f.__delitem__("obs")), SchemaError, ["obs"]),
