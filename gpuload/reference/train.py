@@ -309,7 +309,11 @@ def _describe(features) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gpuload train`` options."""
     parser.add_argument(
-        "data", metavar="DATA", help="paired GEX + ATAC data: .h5ad, .h5mu or 10x .h5 (raw counts)"
+        "data",
+        metavar="DATA",
+        type=data_argument,
+        help="paired GEX + ATAC data: .h5ad, .h5mu or 10x .h5 (raw counts), or one file per modality "
+        "as NAME=PATH,NAME=PATH (e.g. GEX=mod1.h5ad,ATAC=mod2.h5ad)",
     )
     for role in ROLE_NAMES:
         names = ", ".join(ROLE_NAMES[role])
@@ -362,6 +366,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="train_out", metavar="DIR", help="output folder (default train_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the order and the model")
     parser.add_argument("--max-cells", type=int, default=None, help="train and test on a random subset")
+
+
+def data_argument(text: str) -> str | dict[str, str]:
+    """``DATA`` of ``gpuload train``: a path, or ``NAME=PATH,NAME=PATH`` for per-modality files."""
+    if "=" not in text:
+        return text
+    pairs = [part.partition("=") for part in text.split(",")]
+    if any(not name or not sep or not path for name, sep, path in pairs):
+        raise argparse.ArgumentTypeError(f"expected a path or NAME=PATH,NAME=PATH, got {text!r}")
+    return {name: path for name, _, path in pairs}
 
 
 def run_train(args: argparse.Namespace) -> int:
