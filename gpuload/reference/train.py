@@ -7,10 +7,9 @@ names, else a seeded random 20%. Files as they are shipped work too: the modalit
 and obs columns are found by role (:mod:`gpuload.reference.inputs`), and the report says what
 was chosen.
 
-Features: by default the loader selects the genes and peaks nonzero in the most training cells
-(``DEFAULT_FEATURES``), as the competition's entries and muon's workflows select features
-before training; the held-out cells are scored on the same features. ``features="all"``
-trains at full width (the natural choice on a GPU).
+Features: by default the genes and peaks nonzero in the most training cells (``DEFAULT_FEATURES``),
+as the competition's entries and muon's workflows select features before training; the held-out
+cells are scored on the same. ``features="all"`` trains at full width (natural on a GPU).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from gpuload.checks import one_of, positive_int
 from gpuload.device import gpu_available
 from gpuload.errors import ArgumentError
 from gpuload.loader import MultiomeLoader
-from gpuload.reference.inputs import ROLE_NAMES, open_training_inputs
+from gpuload.reference.inputs import ROLE_NAMES, data_argument, open_training_inputs
 from gpuload.reference.metrics import evaluate
 from gpuload.reference.models import MultiomeVAE, as_dense, log_normalize, size_factors_of
 from gpuload.reference.report import PLOTS, plot_embedding, summary_lines, write_report
@@ -366,16 +365,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="train_out", metavar="DIR", help="output folder (default train_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the order and the model")
     parser.add_argument("--max-cells", type=int, default=None, help="train and test on a random subset")
-
-
-def data_argument(text: str) -> str | dict[str, str]:
-    """``DATA`` of ``gpuload train``: a path, or ``NAME=PATH,NAME=PATH`` for per-modality files."""
-    if "=" not in text:
-        return text
-    pairs = [part.partition("=") for part in text.split(",")]
-    if any(not name or not sep or not path for name, sep, path in pairs):
-        raise argparse.ArgumentTypeError(f"expected a path or NAME=PATH,NAME=PATH, got {text!r}")
-    return {name: path for name, _, path in pairs}
 
 
 def run_train(args: argparse.Namespace) -> int:
