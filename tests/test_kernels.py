@@ -393,8 +393,9 @@ def test_bad_size_factors_raise(tmp_path, small_adata, bad):
 def test_cuda_kernels_compile_for_sm80_and_sm90_without_spills():
     """Real PTX for both CUDA kernels, for sm_80 and sm_90 (NVVM, no GPU), outside the simulator;
     a float32 batch of float32 values runs no float64 instruction. Where ptxas is installed: no
-    kernel spills, and the dense gather keeps 75% theoretical occupancy for float32 output (the
-    sparse one 62.5%), as benchmarks/kernel_resources.py prints them."""
+    kernel spills or keeps a stack frame, and both kernels reach 75% theoretical occupancy for
+    float32 output (float64 output: 62.5% dense, 56.25% sparse, where their launch bounds put
+    them), as benchmarks/kernel_resources.py prints them."""
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "0", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "kernel_resources.py"), "--json"],
@@ -414,10 +415,13 @@ def test_cuda_kernels_compile_for_sm80_and_sm90_without_spills():
             assert row["f64_instructions"] == 0, row
     if report["ptxas"] is None:
         pytest.skip("no ptxas (CUDA toolkit or the nvidia-cuda-nvcc wheel): registers, spills unchecked")
+    floor = {
+        "float32": {"gather_rows": 0.75, "fill_rows": 0.75},
+        "float64": {"gather_rows": 0.625, "fill_rows": 0.5625},
+    }
     for row in rows:
-        assert row["spill_stores"] == row["spill_loads"] == 0, row
-        if row["dtypes"].endswith("/float32"):
-            assert row["occupancy"] >= {"gather_rows": 0.75, "fill_rows": 0.625}[row["kernel"]], row
+        assert row["spill_stores"] == row["spill_loads"] == row["stack"] == 0, row
+        assert row["occupancy"] >= floor[row["dtypes"].rsplit("/", 1)[1]][row["kernel"]], row
 
 
 @pytest.mark.parametrize("face", FACES)
