@@ -102,10 +102,10 @@ def report_row(r, verdict, w, err, bits, leader, n_mod, present, status):
         status[r] = verdict[w, 1]
 
 
-# Launch bounds: the most blocks per SM (highest occupancy) at which ptxas 13 spills nothing on
-# sm_80 and sm_90 (benchmarks/kernel_resources.py; benchmarks/RESULTS.md): float32 output (the
-# default; float16 and bfloat16 compute in it) at 75% in both kernels, float64 output at 62.5%
-# (gather_rows) and 56.25% (fill_rows); 75% for float64 spills 4-24 bytes.
+# Launch bounds: the most blocks per SM (highest occupancy) at which ptxas 13 neither spills nor
+# keeps a stack frame on sm_80 and sm_90 (benchmarks/kernel_resources.py; benchmarks/RESULTS.md):
+# float32 output (the default; float16 and bfloat16 compute in it) at 75% in both kernels,
+# float64 output at 62.5% (gather_rows) and 56.25% (fill_rows); 75% for float64 spills 4-24 bytes.
 # fmt: off
 @per_output_dtype("out", float32=(THREADS, 6), float64=(THREADS, 5))
 def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_width, mod_code, mod_threshold,
