@@ -23,7 +23,7 @@ from gpuload.kernels.arithmetic import (
     row_width,
 )
 
-# Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs ~6x.
+# Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs far more.
 zero_tile = njit(inline="always")(arithmetic.zero_tile)
 scatter_tile = njit(inline="always")(arithmetic.scatter_tile)
 copy_obs = njit(inline="always")(arithmetic.copy_obs)
