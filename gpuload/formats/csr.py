@@ -84,7 +84,9 @@ class DirectArray:
             chunk = pos // self.chunk_len
             n = min((chunk + 1) * self.chunk_len, hi) - pos
             dest = raw[(pos - lo) * item : (pos - lo + n) * item]
-            got = os.preadv(self.fd, [dest], int(self.offsets[chunk]) + (pos - chunk * self.chunk_len) * item)
+            at = int(self.offsets[chunk]) + (pos - chunk * self.chunk_len) * item
+            # numpy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+            got = os.preadv(self.fd, [dest], at)  # type: ignore[list-item]
             if got != dest.size:
                 raise OSError(f"short read ({got} of {dest.size} bytes): the file was truncated")
             pos += n

@@ -62,7 +62,7 @@ class MultiomeStore:
         layers: list[str],
         obsm_keys: list[str],
         read_obsm: Callable[[str], np.ndarray],
-        files: tuple[Path, ...],
+        files: tuple[Path | str, ...],
         file_starts: np.ndarray,
         close: Callable[[], None],
         measured: dict[str, np.ndarray] | None = None,

@@ -141,6 +141,7 @@ def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code
 def launch(kernel, stream, n_rows: int, width: int, args: tuple, *, threads: int = THREADS) -> None:
     """Launch one of this module's kernels over ``n_rows`` super-batch rows (``stream=None``: the
     default stream, as in the simulator). ``args`` end with the tile for :func:`gather_rows`."""
+    grid: int | tuple[int, int]
     if kernel is gather_rows:
         grid = (n_rows, max(1, -(-width // args[-1])))
     else:

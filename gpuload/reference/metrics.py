@@ -76,10 +76,12 @@ def evaluate(
     """All held-out metrics, streaming over ``loader``; also the embeddings for the plot."""
     model.eval()
     gex_mean, atac_mean = train_means
-    squared = dict.fromkeys(("atac", "atac_base", "gex", "gex_base"), 0.0)
+    device = loader.backend.torch_device  # where the batches are: the sums stay there until the end
+    squared = {name: torch.zeros((), device=device) for name in ("atac", "atac_base", "gex", "gex_base")}
     n_gex = n_atac = 0
     posteriors: dict[str, list] = {"joint": [], "gex": [], "atac": []}
-    cell_types, batches = [], []
+    cell_type_names: list[str] = []
+    batch_names: list[str] = []
     for batch in loader:
         gex_in, atac_in, codes = batch["GEX"], batch["ATAC"], batch["obs_codes"]["batch"]
         gex, atac = as_dense(gex_in), as_dense(atac_in)  # the targets; the model reads either
@@ -93,8 +95,8 @@ def evaluate(
         n_gex, n_atac = n_gex + target.numel(), n_atac + atac.numel()
         for name, (mean, var) in model.posteriors(gex_in, atac_in).items():
             posteriors[name].append(torch.stack([mean, var]).cpu())
-        cell_types += batch["obs"]["cell_type"]
-        batches += batch["obs"]["batch"]
+        cell_type_names += batch["obs"]["cell_type"]
+        batch_names += batch["obs"]["batch"]
     metrics = {
         "gex2atac_rmse": float((squared["atac"] / n_atac).sqrt()),
         "gex2atac_rmse_baseline": float((squared["atac_base"] / n_atac).sqrt()),
@@ -110,6 +112,6 @@ def evaluate(
         match_score=float(match.diagonal().mean()), match_random=1.0 / pick.size, match_n=int(pick.size)
     )
     embedding = mean_var["joint"][0].numpy()
-    cell_types, batches = np.array(cell_types), np.array(batches)
+    cell_types, batches = np.array(cell_type_names), np.array(batch_names)
     metrics.update(embedding_scores(embedding, cell_types, batches, seed))
     return metrics, {"embedding": embedding, "cell_type": cell_types, "batch": batches}

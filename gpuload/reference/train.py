@@ -18,6 +18,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,13 +69,14 @@ def split_cells(
 class _FeatureMeans:
     """Running per-feature sums of the training targets: the mean-per-feature baseline."""
 
-    def __init__(self) -> None:
-        self.gex = self.atac = 0.0
+    def __init__(self, n_genes: int, n_peaks: int, device: torch.device) -> None:
+        self.gex = torch.zeros(n_genes, device=device)
+        self.atac = torch.zeros(n_peaks, device=device)
         self.n_cells = 0
 
     def add(self, batch: dict) -> None:
-        self.gex = self.gex + log_normalize(as_dense(batch["GEX"]), size_factors_of(batch)).sum(0)
-        self.atac = self.atac + as_dense(batch["ATAC"]).sum(0)
+        self.gex += log_normalize(as_dense(batch["GEX"]), size_factors_of(batch)).sum(0)
+        self.atac += as_dense(batch["ATAC"]).sum(0)
         self.n_cells += batch["GEX"].shape[0]
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +124,8 @@ def _fit(
     shard, DDP averages the gradients."""
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    baseline = _FeatureMeans()
+    widths = {m.name: m.width for m in loader.modalities}
+    baseline = _FeatureMeans(widths["GEX"], widths["ATAC"], loader.backend.torch_device)
     history, n_cells, start = [], 0, time.perf_counter()
     with tqdm(total=epochs * len(loader), desc="train", unit="batch", disable=not progress) as bar:
         model.train()
@@ -212,7 +215,7 @@ def train(
     with store:
         train_rows, test_rows, split = split_cells(store.obs["batch"].astype(str).to_numpy(), seed, max_cells)
         # Raw GEX counts (the NB likelihood wants them) and binarized ATAC, on the device.
-        common = {
+        common: dict[str, Any] = {
             "batch_size": batch_size,
             "seed": seed,
             "modalities": ("GEX", "ATAC"),
@@ -251,10 +254,11 @@ def train(
         train_seconds = time.perf_counter() - start
         if not is_main:
             return {"rank": torch.distributed.get_rank(), "train_seconds": train_seconds}
-        metrics, plot_data = evaluate(model, test_loader, baseline.means(), seed)
+        scores, plot_data = evaluate(model, test_loader, baseline.means(), seed)
         batch_categories = train_loader.categories("batch")
         var_names = {name: train_loader.var_names(name) for name in widths}
-    metrics.update(
+    metrics: dict[str, Any] = dict(
+        scores,
         data=str(data_path),
         split=split,
         n_train=int(train_rows.size),
