@@ -139,9 +139,8 @@ class BatchAssembler:
         if self.output == "dense":
             row_bytes = self.width * torch.empty(0, dtype=self.kernel_dtype).element_size()
         else:  # a CSR entry is an int64 column and a value
-            counts = block.counts
-            assert counts is not None, "the fetcher counts a block's values for the sparse output"
-            per_row = counts.sum() / max(1, counts.shape[0])
+            assert block.counts is not None, "the fetcher counts a block's values for the sparse output"
+            per_row = block.counts.sum() / max(1, block.counts.shape[0])
             row_bytes = max(1.0, per_row) * (8 + torch.empty(0, dtype=self.kernel_dtype).element_size())
         limit = max(1, int(self.budget // row_bytes))
         group: list[np.ndarray] = []
@@ -203,8 +202,7 @@ class BatchAssembler:
                 batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
             out.append(batch)
         handed = (meta, *buffers.values(), *obsm.values())
-        status_host, status_fence = status
-        return Assembled(out, fence, handed, None, status_host, status_fence, rows, batch_of)
+        return Assembled(out, fence, handed, None, status[0], status[1], rows, batch_of)
 
     def _status(self, buffers: dict, rings: RunRings | None) -> tuple[np.ndarray, Fence | None]:
         """The kernel's row status on its way to the host (page-locked, no wait), and the event
@@ -223,7 +221,7 @@ class BatchAssembler:
         """``assembled`` with its status read: the batches before the first bad row's batch and
         that row's error. Waits for the status copy (on a GPU, usually long passed: the
         assembler runs ahead), so call it where the batches are about to be handed out."""
-        if assembled.status is None:
+        if assembled.status is None or assembled.rows is None or assembled.batch_of is None:
             return assembled
         self.backend.wait_host(assembled.status_fence)
         self.backend.note_host("host_read", "status", arrays=(assembled.status,))
@@ -231,7 +229,6 @@ class BatchAssembler:
         if not bad.size:
             assembled.status = None
             return assembled
-        assert assembled.batch_of is not None and assembled.rows is not None, "set with the status"
         kept = int(assembled.batch_of[bad[0]])
         error = self._error(int(assembled.status[bad[0]]), int(assembled.rows[bad[0]]))
         return Assembled(assembled.batches[:kept], assembled.fence, assembled.buffers, error)
