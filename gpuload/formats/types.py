@@ -3,12 +3,16 @@ the block of rows a read returns."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+# ``empty(n, dtype)``: where a read puts its buffers (np.empty, or a page-locked ring's Carver).
+Allocator = Callable[[int, npt.DTypeLike], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class RowBlock:
 class RowReader(Protocol):
     """What every on-disk encoding's reader offers the store (see :mod:`gpuload.formats.encoding`)."""
 
-    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+    def read(self, rows: np.ndarray, empty: Allocator = np.empty) -> RowBlock:
         """Full-width CSR of sorted unique ``rows``; ``empty(n, dtype)`` allocates the buffers."""
 
     def stored_values(self, rows: np.ndarray) -> int | None:
