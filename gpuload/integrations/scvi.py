@@ -113,7 +113,9 @@ class ScviDataModule(MultiomeDataModule):
 
     def _obs_column(self, key: str):
         """obs[key] of the selected cells, in file order."""
-        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]
+        # MultiomeLoader.store is inferred as its constructor argument's union until loader.py
+        # annotates it (issue 25's options object rewrites that constructor)
+        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]  # type: ignore[union-attr]
 
     def _categories(self, key: str, argument: str) -> np.ndarray:
         try:
@@ -158,7 +160,7 @@ class ScviDataModule(MultiomeDataModule):
     @property
     def registry(self) -> dict:
         """What ``SCVI(registry=...)`` and ``SCANVI(registry=...)`` are built from."""
-        empty = {"data_registry": {}, "state_registry": {}}
+        empty: dict[str, dict] = {"data_registry": {}, "state_registry": {}}
         return {
             "scvi_version": scvi.__version__,
             "model_name": "SCANVI" if self.labels_key else "SCVI",
@@ -227,11 +229,11 @@ class ScviDataModule(MultiomeDataModule):
         the labelled cells) when a batch has unlabelled ones, ``None`` for the second when none
         is labelled; its classifier must not see the unlabelled code."""
         tensors = self.scvi_tensors(batch)
-        if self.labels_key is None or not isinstance(
-            self.trainer.lightning_module, SemiSupervisedTrainingPlan
-        ):
+        plan = getattr(self.trainer, "lightning_module", None)
+        labels = tensors["labels"]
+        if self.labels_key is None or labels is None or not isinstance(plan, SemiSupervisedTrainingPlan):
             return tensors
-        labelled = tensors["labels"][:, 0] != len(self.labels_mapping) - 1
+        labelled = labels[:, 0] != len(self.labels_mapping) - 1
         if bool(labelled.all()):
             return tensors
         if not bool(labelled.any()):

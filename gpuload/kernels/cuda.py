@@ -209,6 +209,8 @@ def launch(
     :func:`fill_rows` (at most a warp; the simulator takes fewer, so that its tests run several
     rounds per row; at least MAX_MODALITIES, a lane per modality's counters). The geometry does
     not depend on the row ``width``."""
+    grid: int
+    block: int | tuple[int, int]
     if kernel is gather_rows:
         grid, block = n_rows, threads
     else:
