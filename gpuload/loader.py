@@ -31,20 +31,20 @@ own epoch and run to its end.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from gpuload.assembly import BatchAssembler, check_output
-from gpuload.checks import non_negative_int, positive_int
+from gpuload.assembly import BatchAssembler
 from gpuload.device import Backend, ObsFrames, RingPool, get_backend
 from gpuload.epoch import EpochRun, LoaderIterator, Position
-from gpuload.errors import ArgumentError, GpuloadError
+from gpuload.errors import GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import DataSource, MultiomeStore, is_file_list, open_multiome
-from gpuload.plan import build_plan, cell_weights
-from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
+from gpuload.options import LoaderOptions
+from gpuload.plan import build_plan
+from gpuload.sampler import load_requests, resume_point
 
 # Runs (iterators that have started) one loader keeps live at once; a new one closes the oldest.
 MAX_LIVE_RUNS = 4
@@ -148,10 +148,10 @@ class MultiomeLoader:
         self,
         data: DataSource | Sequence[DataSource] | MultiomeStore,
         *,
-        batch_size: int = 32,
-        shuffle: bool | str = True,
+        batch_size: int | None = None,
+        shuffle: bool | str | None = "auto",
         drop_last: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         modalities: str | Sequence[str] | None = None,
         layer: str | None = None,
         transform=None,
@@ -163,7 +163,7 @@ class MultiomeLoader:
         device: str | torch.device | Backend = "auto",
         chunk_size: int = 256,
         window: int = 16,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         num_threads: int | None = None,
         preload: bool | str = "auto",
         pipeline: str = "native",
@@ -177,57 +177,60 @@ class MultiomeLoader:
         num_samples: int | None = None,
         replacement: bool = True,
         batch_transform: Callable[[dict], dict] | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        sampler: Iterable[int] | None = None,
+        batch_sampler: Iterable[Sequence[int]] | None = None,
+        num_workers: int | None = 0,
+        prefetch_factor: int | None = None,
+        generator: torch.Generator | None = None,
+        **dataloader_keywords,
     ) -> None:
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.prefetch = positive_int("prefetch", prefetch)
-        if num_threads is None:  # every core: what the loader alone is fastest with
-            num_threads = os.cpu_count() or 1
-        self.num_threads = positive_int("num_threads", num_threads)
-        self.drop_last = bool(drop_last)
-        seed = non_negative_int("seed", seed)
-        check_output(dtype, output, super_batch_bytes)
-        self.batch_transform = check_pipeline(pipeline, dtype, output, batch_transform)
-        self.dtype, self.pipeline, self.output = dtype, pipeline, output
+        given = {k: v for k, v in locals().items() if k not in ("self", "data", "dataloader_keywords")}
+        self.options = o = LoaderOptions.from_arguments(**given, **dataloader_keywords)
+        self.batch_size, self.prefetch, self.num_threads, self.drop_last = (
+            o.batch_size,
+            o.prefetch,
+            o.num_threads,
+            o.drop_last,
+        )
+        self.dtype, self.pipeline, self.output, self.batch_transform = (
+            o.dtype,
+            o.pipeline,
+            o.output,
+            o.batch_transform,
+        )
+        self.backend = get_backend(o.device)
         self._owns_store = owns_store = not isinstance(data, MultiomeStore)
-        self.store = open_multiome(data, layer=layer, cache_dir=cache_dir) if owns_store else data
+        self.store = open_multiome(data, layer=o.layer, cache_dir=o.cache_dir) if owns_store else data
         try:
-            self.backend = get_backend(device)
             frames = ObsFrames(self.backend)
             self.plan = build_plan(
                 self.store,
-                modalities=modalities,
-                transform=transform,
-                features=features,
-                obs_keys=obs_keys,
-                obsm_keys=obsm_keys,
+                modalities=o.modalities,
+                transform=o.transform,
+                features=o.features,
+                obs_keys=o.obs_keys,
+                obsm_keys=o.obsm_keys,
                 deliver_file=is_file_list(data) or len(self.store.files) > 1,
-                subset=subset,
-                split=split,
+                subset=o.subset,
+                split=o.split,
                 query=frames.query,
             )
-            rank, world_size = distributed_share(rank, world_size)
-            w = cell_weights(weights, self.store.obs, self.positions, self.store.path)
-            order = (self.positions.size, shuffle, chunk_size, window, seed, rank, world_size)
-            self.epoch_sampler = EpochSampler(
-                *order, self.drop_last, weights=w, num_samples=num_samples, replacement=replacement
-            )
+            self.epoch_sampler = o.epoch_sampler(self.positions, self.store.obs, self.store.path)
             self.obs_frame = frames.frame(self.store.obs[list(self.plan.obs_keys)])
             self.assembler = BatchAssembler(
                 self.plan,
                 self.backend,
-                dtype=dtype,
-                output=output,
-                super_batch_bytes=super_batch_bytes,
+                dtype=o.dtype,
+                output=o.output,
+                super_batch_bytes=o.super_batch_bytes,
                 obs_matrices=frames.matrices(self.plan.obs, self.obs_frame),
             )
             self.fetcher = BlockFetcher(
                 self.store,
                 self.backend,
                 self.positions,
-                preload,
-                counts_for=self.plan.layout if output == "sparse_csr" else None,
+                o.preload,
+                counts_for=self.plan.layout if o.output == "sparse_csr" else None,
                 reserve=self.assembler.budget * (self.prefetch + 2),
             )
         except BaseException:
@@ -262,8 +265,7 @@ class MultiomeLoader:
 
     # -- DataLoader semantics ---------------------------------------------------------------
     def __len__(self) -> int:
-        per_rank = self.epoch_sampler.per_rank
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return self.epoch_sampler.n_batches(self.batch_size, self.epoch)
 
     @property
     def epoch(self) -> int:
@@ -292,8 +294,8 @@ class MultiomeLoader:
 
     def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:
         """The file rows of every batch this rank yields in ``epoch`` (default: the next one)."""
-        order = self.positions[self.epoch_sampler.rank_order(self.epoch if epoch is None else epoch)]
-        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+        epoch = self.epoch if epoch is None else epoch
+        return [self.positions[b] for b in self.epoch_sampler.batches(epoch, self.batch_size)]
 
     def __iter__(self) -> LoaderIterator:
         if self._closed:
@@ -303,8 +305,8 @@ class MultiomeLoader:
     def _start_run(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
         """The run of ``epoch`` from batch ``first`` (an iterator's first ``next()``)."""
         batches = self.batch_rows(epoch)[first:]
-        s = self.epoch_sampler
-        requests = load_requests(batches, self.positions, s.chunk_size, s.window, self.batch_size)
+        s, widest = self.epoch_sampler, max((b.size for b in batches), default=1)
+        requests = load_requests(batches, self.positions, s.chunk_size, s.window, widest)
         run = EpochRun(
             requests,
             self.fetcher,
@@ -319,9 +321,7 @@ class MultiomeLoader:
         if self.pipeline == "dali":
             from gpuload.integrations.dali import dali_batches
 
-            source = dali_batches(
-                source, names=self.plan.names, batch_size=self.batch_size, backend=self.backend
-            )
+            source = dali_batches(source, names=self.plan.names, batch_size=widest, backend=self.backend)
         return run, source
 
     def close(self) -> None:
@@ -340,23 +340,3 @@ class MultiomeLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def check_pipeline(pipeline: str, dtype: torch.dtype, output: str, batch_transform) -> Callable | None:
-    """``batch_transform``, once the hand-off options are known to fit together."""
-    if pipeline not in ("native", "dali"):
-        raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
-    if batch_transform is not None and not callable(batch_transform):
-        raise ArgumentError(
-            f"batch_transform must be a callable batch -> batch or None, got {batch_transform!r}"
-        )
-    if pipeline == "dali":
-        from gpuload.integrations.dali import check_batches
-
-        check_batches(dtype, output)
-        if batch_transform is not None:
-            raise ArgumentError(
-                "batch_transform cannot be used with pipeline='dali': DALI hands over a fixed set of "
-                "named tensors; transform the batches DALI yields, or use pipeline='native'"
-            )
-    return batch_transform
