@@ -196,6 +196,7 @@ class EpochSampler:
         """What a checkpoint must agree on with the sampler that resumes it."""
         digest = None if self.weights is None else hashlib.sha1(self.weights.tobytes()).hexdigest()[:16]
         return {
+            "sampler": None,  # gpuload's own order (a user's sampler is named here)
             "seed": self.seed,
             "shuffle": self.shuffle,
             "n_cells": self.n,
