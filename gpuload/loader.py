@@ -5,7 +5,8 @@ Data flow of one epoch, as this module composes it:
 1. :func:`~gpuload.plan.build_plan` decided once what to deliver: modalities, cells, column
    layout, transforms with their statistics, obs columns.
 2. :class:`~gpuload.sampler.EpochSampler` gives this rank's order of cells (seed, epoch), cut
-   into batches, and :func:`~gpuload.sampler.load_requests` groups the batches into reads.
+   into batches (or :class:`~gpuload.user_sampler.UserSampler`, the user's ``sampler=`` or
+   ``batch_sampler=``; every argument was checked first, :class:`~gpuload.options.LoaderOptions`), and :func:`~gpuload.sampler.load_requests` groups the batches into reads.
 3. :class:`~gpuload.epoch.EpochRun` runs two background threads: the reader
    (:class:`~gpuload.fetch.BlockFetcher`: file -> device row block) and the assembler
    (:class:`~gpuload.assembly.BatchAssembler`: kernels, obs, masks -> batch dict).
@@ -64,10 +65,15 @@ class MultiomeLoader:
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
         :attr:`files`), or an open :class:`~gpuload.formats.MultiomeStore`.
     batch_size, shuffle, drop_last
-        As ``torch.utils.data.DataLoader``. ``shuffle`` is ``False``, ``True`` (block shuffle)
-        or ``"full"`` (a true permutation).
-    seed
+        As ``torch.utils.data.DataLoader``. ``batch_size`` defaults to 32 (with ``batch_sampler=``,
+        the batch sampler's batches). ``shuffle`` is read as ``DataLoader`` reads it: ``False``,
+        ``0`` or ``None`` (file order), ``True``, ``1`` or ``"block"`` (block shuffle), or
+        ``"full"`` (a true permutation); by default block shuffle, or the order of ``sampler=``.
+        ``state_dict()`` spells each mode one way (``False``, ``True``, ``"full"``).
+    seed, generator
         Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
+        ``seed`` defaults to 0; a ``torch.Generator`` passed as ``generator=`` gives the seed
+        instead, drawn from it once, at construction.
     modalities
         ``None`` (every modality of the file, in file order: ``GEX``, ``ATAC`` for BMMC), a
         name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), or ``"all"`` (one
@@ -102,13 +108,16 @@ class MultiomeLoader:
         tests, or a :class:`~gpuload.device.Backend`).
     chunk_size, window
         Block-shuffle geometry (rows per contiguous read, chunks per shuffle window).
-    prefetch
-        Super-batches the assembler may hold ready beside the one being handed out (memory is
-        O(window + prefetch * super_batch_bytes)).
-    num_threads
+    prefetch, prefetch_factor
+        Super-batches the assembler may hold ready beside the one being handed out (default 2;
+        memory is O(window + prefetch * super_batch_bytes)). ``prefetch_factor`` is
+        ``DataLoader``'s name for it.
+    num_threads, num_workers
         Threads of the CPU kernel (default: every core; with super-batches of many rows, 2
         threads on 2 cores measured 1.4-1.7x one). Training on the same CPU, leave the model
-        some (``gpuload train`` takes half).
+        some (``gpuload train`` takes half). ``num_workers=N`` (N > 0) sets it as ``DataLoader``'s
+        worker count would; ``num_workers=0`` keeps the default. Each iterator also runs one
+        reader and one assembler thread, whatever these say.
     preload
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
@@ -139,9 +148,19 @@ class MultiomeLoader:
         loader's stream, before hand-off (its exceptions reach the loop after the batches
         before); not with ``pipeline="dali"``, whose tensors are fixed. Tensors in the
         returned dicts, lists and tuples are handed to the consumer's stream.
-    num_workers, pin_memory
-        Accepted for drop-in compatibility with DataLoader and ignored: gpuload's reader
-        thread replaces worker processes, and outputs are written on the target device.
+    sampler, batch_sampler
+        The user's order, as ``DataLoader`` takes it: any ``torch.utils.data.Sampler`` or
+        iterable of positions (indices into :attr:`positions`), or any iterable of lists of them;
+        gpuload groups the batches into chunked reads and yields them in that order. The sampler
+        gives this rank's share (a ``DistributedSampler`` shards; ``rank``/``world_size`` are
+        refused beside it) and is told ``set_epoch``; not with a true ``shuffle``, ``weights``,
+        ``seed`` or ``generator`` (see :mod:`gpuload.user_sampler`).
+    dataloader_keywords
+        ``DataLoader``'s other keywords, at the value that is what gpuload does
+        (``pin_memory=False``, ``persistent_workers=False``, ``timeout=0``, ``in_order=True``,
+        no ``collate_fn``, ``worker_init_fn``, ``multiprocessing_context`` or
+        ``pin_memory_device``); another value raises an ``ArgumentError`` saying why it does not
+        apply (:data:`gpuload.options.REFUSED`).
     """
 
     def __init__(
