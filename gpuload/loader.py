@@ -6,7 +6,8 @@ Data flow of one epoch, as this module composes it:
    layout, transforms with their statistics, obs columns.
 2. :class:`~gpuload.sampler.EpochSampler` gives this rank's order of cells (seed, epoch), cut
    into batches (or :class:`~gpuload.user_sampler.UserSampler`, the user's ``sampler=`` or
-   ``batch_sampler=``; every argument was checked first, :class:`~gpuload.options.LoaderOptions`), and :func:`~gpuload.sampler.load_requests` groups the batches into reads.
+   ``batch_sampler=``; every argument was checked first, :class:`~gpuload.options.LoaderOptions`),
+   and :func:`~gpuload.sampler.load_requests` groups the batches into reads.
 3. :class:`~gpuload.epoch.EpochRun` runs two background threads: the reader
    (:class:`~gpuload.fetch.BlockFetcher`: file -> device row block) and the assembler
    (:class:`~gpuload.assembly.BatchAssembler`: kernels, obs, masks -> batch dict).
@@ -65,10 +66,11 @@ class MultiomeLoader:
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
         :attr:`files`), or an open :class:`~gpuload.formats.MultiomeStore`.
     batch_size, shuffle, drop_last
-        As ``torch.utils.data.DataLoader``. ``batch_size`` defaults to 32 (with ``batch_sampler=``,
-        the batch sampler's batches). ``shuffle`` is read as ``DataLoader`` reads it: ``False``,
-        ``0`` or ``None`` (file order), ``True``, ``1`` or ``"block"`` (block shuffle), or
-        ``"full"`` (a true permutation); by default block shuffle, or the order of ``sampler=``.
+        As ``torch.utils.data.DataLoader``. ``batch_size`` (default 32) is not used with
+        ``batch_sampler=``, whose batches are delivered as they come. ``shuffle`` is read as
+        ``DataLoader`` reads it: ``False``, ``0`` or ``None`` (file order), ``True``, ``1`` or
+        ``"block"`` (block shuffle), or ``"full"`` (a true permutation); by default block
+        shuffle, or the order of ``sampler=``.
         ``state_dict()`` spells each mode one way (``False``, ``True``, ``"full"``).
     seed, generator
         Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
@@ -167,7 +169,7 @@ class MultiomeLoader:
         self,
         data: DataSource | Sequence[DataSource] | MultiomeStore,
         *,
-        batch_size: int | None = None,
+        batch_size: int = 32,
         shuffle: bool | str | None = "auto",
         drop_last: bool = False,
         seed: int | None = None,

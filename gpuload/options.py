@@ -77,7 +77,7 @@ class LoaderOptions:
     """The loader's arguments, checked and in their one spelling (``shuffle`` as ``False``,
     ``True`` or ``"full"``; defaults filled in); the meanings are :class:`MultiomeLoader`'s."""
 
-    batch_size: int | None = None  # None: 32, or the batch sampler's batches
+    batch_size: int | None = DEFAULT_BATCH_SIZE  # None under batch_sampler (its batches)
     shuffle: bool | str | None = "auto"  # "auto": True, or the sampler's order
     drop_last: bool = False
     seed: int | None = None  # None: 0
@@ -186,7 +186,7 @@ class LoaderOptions:
         if user is not None:
             self._check_user_sampler(user)
         if user != "batch_sampler":
-            self._fill("batch_size", DEFAULT_BATCH_SIZE, positive_int)
+            positive_int("batch_size", self.batch_size)  # DataLoader's None (no batching) is not offered
         self._fill("seed", 0, non_negative_int)
         object.__setattr__(self, "replacement", flag("replacement", self.replacement))
         if self.weights is None and (self.num_samples is not None or not self.replacement):
@@ -224,7 +224,8 @@ class LoaderOptions:
             "rank/world_size": self.rank is not None or self.world_size is not None,
         }
         if user == "batch_sampler":
-            conflicts["batch_size"] = self.batch_size not in (None, 1)
+            # DataLoader's default (1), its "no batching" (None) or gpuload's default stand aside
+            conflicts["batch_size"] = self.batch_size not in (None, 1, DEFAULT_BATCH_SIZE)
             conflicts["drop_last"] = self.drop_last
         for name, given in conflicts.items():
             if given:
@@ -251,10 +252,11 @@ class LoaderOptions:
     def _check_selection(self) -> None:
         """modalities, layer, transform, obs_keys, obsm_keys, subset and split, as far as they can
         be checked without the file."""
-        if not (self.modalities is None or isinstance(self.modalities, str) or names(self.modalities)):
+        if not (
+            self.modalities is None or isinstance(self.modalities, str) or names(self.modalities, empty=True)
+        ):
             raise ArgumentError(
-                "modalities must be a name, a non-empty sequence of names, 'all' or None, "
-                f"got {self.modalities!r}"
+                f"modalities must be a name, a sequence of names, 'all' or None, got {self.modalities!r}"
             )
         layers = self.layer.values() if isinstance(self.layer, Mapping) else [self.layer]
         if not all(v is None or isinstance(v, str) for v in layers):
