@@ -7,11 +7,14 @@ BIN     = $(VENV)/bin
 # requirement would download a multi-GB CUDA build. GPU users: see environment.yml.
 TORCH_SPEC ?= torch==2.13.0
 DEMO_DIR ?= demo_out
+# The 500 real BMMC cells of the shared reference folder (an .h5mu; any file gpuload reads works).
+REAL_DATA ?= ../shared/data/bmmc_multiome_starter.h5mu
 
-.PHONY: help venv install dev demo test test-all test-cudasim test-dali test-gpu lint format bench clean
+.PHONY: help venv install dev demo demo-real test test-all test-cudasim test-dali test-gpu lint format bench clean
 
 help:
 	@echo "make demo      synthetic BMMC-shaped data, loader benchmark, short VAE training run"
+	@echo "make demo-real the VAE trained on 500 real BMMC cells (REAL_DATA), with its report"
 	@echo "make test      the test suite (CPU path, CUDA simulator, DALI CPU pipeline)"
 	@echo "make test-all  the test suite including slow tests"
 	@echo "make lint      ruff check + format check"
@@ -35,6 +38,9 @@ dev: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-base
 	$(BIN)/python -m gpuload.reference.demo --out $(DEMO_DIR)
+
+demo-real: $(VENV)/.installed-base
+	$(BIN)/python -m gpuload.reference.demo --real $(REAL_DATA) --out $(DEMO_DIR)/real
 
 # NUMBA_ENABLE_CUDASIM must be set before numba.cuda is first imported, so the
 # whole CPU test session runs with the simulator on; CPU twins are unaffected.

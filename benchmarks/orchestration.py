@@ -4,13 +4,16 @@ simulated face (``cudasim``), its device operations counted by the backend's led
     NUMBA_ENABLE_CUDASIM=1 python benchmarks/orchestration.py [--cells 2000] [--batch-sizes 32 256 1024]
 
 For each batch size, after a warm-up epoch (compilation, the preload), one preloaded, shuffled
-epoch is timed and reported per batch: kernel launches, host waits for the device (syncs),
+epoch is timed and reported per batch: kernel launches, host waits on events (most of them on
+events long passed: the consumer reading a super-batch's status, a ring slot's reuse),
 host-to-device copies, and host CPU microseconds with the kernels' work excluded: the CPU time
 of the whole process (loader threads and consumer) less the kernels', with the kernels run by
 their single-threaded CPU twins (``SimulatedCudaBackend(kernels="cpu")``), since the simulator's
 own Python threads would swamp what is measured. The file is narrow, so the super-batch budget
 is scaled by its width: each launch covers as many batches as the cuda face's default budget
-does at the BMMC file's full width (129,921 features).
+does at the BMMC file's full width (129,921 features). A last, recorded epoch reports how many
+times a loader thread waited for the latest event of a stream (a drain: it would stall until the
+GPU ran dry) and whether the happens-before checker finds the epoch ordered.
 """
 
 from __future__ import annotations
@@ -31,18 +34,29 @@ from gpuload import MultiomeLoader  # noqa: E402
 from gpuload.assembly import SUPER_BATCH_BYTES  # noqa: E402
 from gpuload.bmmc import schema  # noqa: E402
 from gpuload.bmmc.synth import write_synthetic  # noqa: E402
-from gpuload.device import SimulatedCudaBackend  # noqa: E402
+from gpuload.device import SimulatedCudaBackend, check  # noqa: E402
+from gpuload.device.happens_before import drains  # noqa: E402
 
 FULL_WIDTH = schema.N_GENES + schema.N_PEAKS
 
 
 def measure(path: Path, batch_size: int, width: int, obs_keys) -> dict:
+    timed, _, _ = timed_epoch(path, batch_size, width, obs_keys, record=False)
+    _, loader_drains, ordered = timed_epoch(path, batch_size, width, obs_keys, record=True)
+    return {**timed, "drains": loader_drains, "ordered": ordered}
+
+
+def timed_epoch(path: Path, batch_size: int, width: int, obs_keys, *, record: bool) -> tuple[dict, int, str]:
+    """A warm-up epoch, then one timed epoch: its figures, and (with ``record``, the ledger of
+    both epochs) the loader threads' drains and whether the checker finds them ordered."""
     budget = max(1, SUPER_BATCH_BYTES["cuda"] * width // FULL_WIDTH)
+    backend = SimulatedCudaBackend(kernels="cpu")
+    backend.ledger.record = record  # from the start: the checker needs every event
     loader = MultiomeLoader(
         path,
         batch_size=batch_size,
         shuffle=True,
-        device=SimulatedCudaBackend(kernels="cpu"),
+        device=backend,
         num_threads=1,
         preload=True,
         layer="counts",
@@ -52,13 +66,16 @@ def measure(path: Path, batch_size: int, width: int, obs_keys) -> dict:
     )
     list(loader)  # warm-up: compilation and the preload
     ledger = loader.backend.ledger
-    ledger.reset()
+    ledger.counts.clear()
+    ledger.launch_seconds = 0.0
     start = time.process_time()
     batches = sum(1 for _ in loader)
     cpu = time.process_time() - start
     per = {kind: ledger.counts[kind] / batches for kind in ("launch", "sync", "h2d")}
     host_us = (cpu - ledger.launch_seconds) / batches * 1e6
-    return {"B": batch_size, "batches": batches, **per, "host_us": host_us}
+    loader_drains = [op for op in drains(ledger.ops) if op.thread.startswith("gpuload-")]
+    ordered = "yes" if not check(ledger.ops) else "NO"
+    return {"B": batch_size, "batches": batches, **per, "host_us": host_us}, len(loader_drains), ordered
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,13 +92,16 @@ def main(argv: list[str] | None = None) -> None:
         width = MultiomeLoader(path, device="cpu", obs_keys=[]).store.n_vars
         obs_keys = None if args.obs == "all" else ["cell_type"]
         print(f"cuda orchestration on the cudasim face, {path.name}: preloaded, shuffled, obs: {args.obs}")
-        print("| B | batches | launches / batch | syncs / batch | H2D copies / batch | host CPU us / batch |")
-        print("|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| B | batches | launches / batch | host waits / batch | H2D copies / batch "
+            "| host CPU us / batch | loader-thread drains | ordered |"
+        )
+        print("|---:|---:|---:|---:|---:|---:|---:|:---:|")
         for b in args.batch_sizes:
             r = measure(path, b, width, obs_keys)
             print(
                 f"| {r['B']} | {r['batches']} | {r['launch']:.3f} | {r['sync']:.3f} | {r['h2d']:.3f} "
-                f"| {r['host_us']:.0f} |"
+                f"| {r['host_us']:.0f} | {r['drains']} | {r['ordered']} |"
             )
 
 

@@ -34,8 +34,6 @@ OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OUTPUTS = ("dense", "sparse_csr")
 # Output bytes per super-batch, by face (see benchmarks/RESULTS.md for how they were chosen).
 SUPER_BATCH_BYTES = {"cpu": 128 << 20, "cudasim": 32 << 20, "cuda": 512 << 20}
-# Columns of a dense row per CUDA thread block (the simulator takes a row per block).
-CUDA_TILE = 256 * 16
 
 
 @dataclass
@@ -92,11 +90,9 @@ class BatchAssembler:
         self.names, self.widths = layout.names, np.asarray(layout.widths, dtype=np.int64)
         self.prefix = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
         self.width = int(self.widths.sum())
-        self.tile = CUDA_TILE if backend.on_gpu else max(1, self.width)
         value = torch.empty(0, dtype=self.kernel_dtype).numpy().dtype
         host = {
             "col_dest": layout.col_dest,
-            "mod_prefix": self.prefix,
             "mod_width": self.widths,
             "mod_code": layout.mod_code,
             "mod_threshold": layout.mod_threshold.astype(value),
@@ -282,13 +278,12 @@ class BatchAssembler:
         buffers = self._scratch(n)
         args = (
             *self._common_args(block, meta, n),
-            *(p[k] for k in ("col_dest", "mod_prefix", "mod_width", "mod_code", "mod_threshold")),
+            *(p[k] for k in ("col_dest", "mod_width", "mod_code", "mod_threshold")),
             p["row_scale"],
             p["col_weight"],
             v(meta[2 * n : 2 * n + n * widths.size].view(n, widths.size)),
             v(out),
             *self._obs_args(buffers),
-            self.tile,
         )
         b.launch("gather_rows", n, self.width, args, self._written(args, buffers, out))
         status = self._status(buffers, rings)

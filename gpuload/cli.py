@@ -60,6 +60,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     with open_multiome(args.file) as store:
         print(f"{store.path}: {store.n_cells:,} cells x {store.n_vars:,} features")
+        for label, value in store.about.items():
+            print(f"{label}: {value}")
         print(
             "modalities: "
             + ", ".join(
@@ -129,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_synth)
 
-    p = sub.add_parser("info", help="shape, modalities, encodings, nnz per cell and obs of an .h5ad")
+    p = sub.add_parser(
+        "info", help="shape, modalities, encodings, nnz per cell and obs of an .h5ad, .h5mu or 10x .h5"
+    )
     p.add_argument("file", type=Path)
     p.add_argument("--sample", type=_positive_int, default=2000, help="cells read for the nnz statistics")
     p.add_argument("--cache-dir", type=Path, default=None, help="where a CSC layer's row-major sidecar goes")

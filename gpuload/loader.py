@@ -60,7 +60,8 @@ class MultiomeLoader:
     data
         An ``.h5ad`` (modalities told apart by ``var["feature_types"]``), an ``.h5mu`` (the
         modalities are its ``mod`` entries, paired by global cell; a cell a modality lacks reads
-        as a zero row with ``mask[modality]`` False), a ``{modality: .h5ad}`` mapping (one file
+        as a zero row with ``mask[modality]`` False), a 10x feature-barcode matrix ``.h5``
+        (modalities from its ``feature_type``), a ``{modality: .h5ad}`` mapping (one file
         per modality, cells paired by obs_names, the same way; see
         :mod:`gpuload.formats.modality_files`), a list of such files or mappings with the same
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
@@ -78,11 +79,15 @@ class MultiomeLoader:
         instead, drawn from it once, at construction.
     modalities
         ``None`` (every modality of the file, in file order: ``GEX``, ``ATAC`` for BMMC), a
-        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), or ``"all"`` (one
-        full-width ``"X"``).
+        name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), ``{key: name}`` (the
+        modality ``name`` delivered as ``batch[key]``: ``{"GEX": "Gene Expression"}``), or
+        ``"all"`` (one full-width ``"X"``).
     layer
         ``None`` for X or a key of ``layers`` such as ``"counts"`` (for an ``.h5mu``, also
         ``{modality: layer or None}``).
+    feature_type_key
+        The var column whose distinct values are the modalities of an ``.h5ad`` (default
+        ``"feature_types"``).
     transform
         ``None`` (values as stored), one spec for every modality, or ``{modality: spec}``; a
         spec is a name (``"log1p_size_factor"``, ``"normalize_total"``, ``"log1p"``,
@@ -173,8 +178,9 @@ class MultiomeLoader:
         shuffle: bool | str | None = "auto",
         drop_last: bool = False,
         seed: int | None = None,
-        modalities: str | Sequence[str] | None = None,
+        modalities: str | Sequence[str] | dict[str, str] | None = None,
         layer: str | None = None,
+        feature_type_key: str = "feature_types",
         transform=None,
         features=None,
         obs_keys: Sequence[str] | None = None,
@@ -207,21 +213,12 @@ class MultiomeLoader:
     ) -> None:
         given = {k: v for k, v in locals().items() if k not in ("self", "data", "dataloader_keywords")}
         self.options = o = LoaderOptions.from_arguments(**given, **dataloader_keywords)
-        self.batch_size, self.prefetch, self.num_threads, self.drop_last = (
-            o.batch_size,
-            o.prefetch,
-            o.num_threads,
-            o.drop_last,
-        )
-        self.dtype, self.pipeline, self.output, self.batch_transform = (
-            o.dtype,
-            o.pipeline,
-            o.output,
-            o.batch_transform,
-        )
-        self.backend = get_backend(o.device)
+        for name in ("batch_size", "prefetch", "num_threads", "drop_last", "dtype", "pipeline", "output"):
+            setattr(self, name, getattr(o, name))  # the options a loader's users read
+        self.batch_transform, self.backend = o.batch_transform, get_backend(o.device)
         self._owns_store = owns_store = not isinstance(data, MultiomeStore)
-        self.store = open_multiome(data, layer=o.layer, cache_dir=o.cache_dir) if owns_store else data
+        opened = {"layer": o.layer, "feature_type_key": o.feature_type_key, "cache_dir": o.cache_dir}
+        self.store = open_multiome(data, **opened) if owns_store else data
         try:
             frames = ObsFrames(self.backend)
             self.plan = build_plan(

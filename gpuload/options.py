@@ -81,8 +81,9 @@ class LoaderOptions:
     shuffle: bool | str | None = "auto"  # "auto": True, or the sampler's order
     drop_last: bool = False
     seed: int | None = None  # None: 0
-    modalities: str | Sequence[str] | None = None
+    modalities: str | Sequence[str] | Mapping[str, str] | None = None
     layer: str | Mapping[str, str | None] | None = None
+    feature_type_key: str = "feature_types"
     transform: Any = None
     features: Any = None
     obs_keys: Sequence[str] | None = None
@@ -342,8 +343,11 @@ def flag(name: str, value) -> bool:
     return bool(value)
 
 
-def names(value, *, empty: bool = False) -> bool:
-    """Whether ``value`` is a sequence of strings (not one string; non-empty unless ``empty``)."""
+def names(value, *, empty: bool = False, keyed: bool = False) -> bool:
+    """Whether ``value`` is a sequence of strings (not one string; non-empty unless ``empty``),
+    or with ``keyed`` a mapping of strings to strings."""
+    if keyed:
+        return isinstance(value, Mapping) and names([*value, *value.values()], empty=empty)
     if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
         return False
     values = list(value)

@@ -19,6 +19,7 @@ LAYERS = {
     "bmmc": 0,
     "bmmc.schema": 0,
     "checks": 1,
+    "user_cache": 1,
     "kernels": 2,
     "formats": 2,
     "sampler": 2,

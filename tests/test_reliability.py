@@ -187,13 +187,10 @@ def _drop_feature_types(f):
     f["var"].attrs["column-order"] = np.array(["gene_id"], dtype=h5py.string_dtype())
 
 
-def _unknown_feature_types(f):
-    replace_dataset(
-        f,
-        "var/feature_types/categories",
-        np.array(["Protein", "RNA"], dtype=object),
-        dtype=h5py.string_dtype(),
-    )
+def _feature_type_missing(f):
+    codes = f["var/feature_types/codes"][()]
+    codes[7] = -1  # the eighth feature has no type
+    replace_dataset(f, "var/feature_types/codes", codes)
 
 
 def _short_obs(f):
@@ -279,10 +276,10 @@ BROKEN_FILES = {
         SchemaError,
         ["feature_types", "var"],
     ),
-    "feature_types-unknown": (
-        lambda b, d: edited(b, d, _unknown_feature_types),
+    "feature_type-of-one-feature-missing": (
+        lambda b, d: edited(b, d, _feature_type_missing),
         SchemaError,
-        ["feature_types", "Protein", "GEX", "ATAC"],
+        ["feature_types", "missing", "7"],
     ),
     "obs-shorter-than-X": (lambda b, d: edited(b, d, _short_obs), SchemaError, ["150", "200"]),
     "obs-missing": (lambda b, d: edited(b, d, lambda f: f.__delitem__("obs")), SchemaError, ["obs"]),
@@ -848,8 +845,9 @@ def test_keyboard_interrupt_in_the_consumer(base, warm, no_leftovers):
 
 
 def test_consumer_leaving_early_stops_the_threads(base, no_leftovers):
-    """``break``, ``close()`` on the iterator, or a new iteration over an abandoned one: the
-    background threads end, and the next iteration is a complete epoch."""
+    """``break``, ``close()`` on the iterator, or dropping an abandoned one: the background
+    threads end, and the next iteration is a complete epoch (an abandoned iterator still
+    referenced keeps its own run, as a DataLoader iterator does, until it is dropped)."""
     loader = MultiomeLoader(base, obs_keys=[], **{**FAULT_KWARGS, "prefetch": 1})
     for i, _ in enumerate(loader):
         if i == 2:
@@ -863,8 +861,8 @@ def test_consumer_leaving_early_stops_the_threads(base, no_leftovers):
     next(abandoned)  # kept alive, never closed
     rows = epoch_rows(loader)
     np.testing.assert_array_equal(np.sort(rows), np.arange(N_CELLS))
-    assert wait_until(lambda: not gpuload_threads())
     del abandoned
+    assert wait_until(lambda: not gpuload_threads())
 
 
 def test_slow_consumer_gets_the_batches_then_the_error(base, warm, monkeypatch, no_leftovers):

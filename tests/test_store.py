@@ -139,11 +139,11 @@ def test_subsets_and_splits(small_h5ad):
             subset_positions(obs, [1, 1], None, store.path)
 
 
-def test_missing_layer_and_modality_key(small_h5ad):
+def test_missing_layer_and_feature_type_key(small_h5ad):
     with pytest.raises(SchemaError, match="no layer 'raw'.*counts"):
         open_multiome(small_h5ad, layer="raw")
     with pytest.raises(SchemaError, match="no column 'modality'"):
-        open_multiome(small_h5ad, modality_key="modality")
+        open_multiome(small_h5ad, feature_type_key="modality")
 
 
 def test_obs_key_suggestions(small_h5ad):
@@ -155,5 +155,5 @@ def test_obs_key_suggestions(small_h5ad):
     ):
         select_columns(store.obs, ["celltype"], ["GEX"], store.path)
     with open_multiome(small_h5ad) as store:
-        gex_only = select_columns(store.obs, None, ["GEX"], store.path)
+        gex_only = select_columns(store.obs, None, ["GEX"], store.path, list(store.modalities))
         assert "GEX_n_counts" in gex_only and "cell_type" in gex_only and "ATAC_nCount_peaks" not in gex_only

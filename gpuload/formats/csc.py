@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -21,11 +20,7 @@ from tqdm.auto import tqdm
 
 from gpuload.errors import ArgumentError, SchemaError
 from gpuload.formats.csr import CsrRows, checked_indptr
-
-
-def default_cache_dir() -> Path:
-    """Where CSC sidecars go unless the caller says otherwise: ``$GPULOAD_CACHE_DIR`` or ~/.cache."""
-    return Path(os.environ.get("GPULOAD_CACHE_DIR", Path.home() / ".cache" / "gpuload"))
+from gpuload.user_cache import default_cache_dir
 
 
 @njit(cache=True, nogil=True)

@@ -1,8 +1,8 @@
-"""``open_multiome``: one ``.h5ad``, one ``.h5mu``, a ``{modality: .h5ad}`` mapping, or a list of
-them as one dataset.
+"""``open_multiome``: one ``.h5ad``, one ``.h5mu``, one 10x ``.h5``, a ``{modality: .h5ad}``
+mapping, or a list of them as one dataset.
 
-Which format a file is comes from what the file says (a MuData file's root ``encoding-type``),
-never from its name.
+Which format a file is comes from what the file says (a MuData file's root ``encoding-type``, a
+10x file's top-level ``matrix`` group), never from its name.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from gpuload.formats.hdf5 import open_hdf5
 from gpuload.formats.modality_files import ModalityFiles, open_modality_files
 from gpuload.formats.stacked import open_stacked
 from gpuload.formats.store import MultiomeStore
+from gpuload.formats.tenx import is_10x, is_legacy_10x, open_10x, refuse_legacy_10x
 
 # One dataset's source: a file, or a {modality: .h5ad} mapping
 DataSource = str | os.PathLike | Mapping[str, str | os.PathLike]
@@ -31,7 +32,7 @@ def open_multiome(
     data: DataSource | Sequence[DataSource],
     *,
     layer: str | dict | None = None,
-    modality_key: str = "feature_types",
+    feature_type_key: str = "feature_types",
     cache_dir: str | os.PathLike | None = None,
 ) -> MultiomeStore:
     """Open a multimodal dataset read-only; nothing of its matrices is loaded.
@@ -39,22 +40,25 @@ def open_multiome(
     Parameters
     ----------
     data
-        An ``.h5ad`` (modalities told apart by ``var[modality_key]``), an ``.h5mu`` (modalities
-        are its ``mod`` entries, cells paired through its ``obsmap``), a ``{modality: .h5ad}``
+        An ``.h5ad`` (modalities told apart by ``var[feature_type_key]``), an ``.h5mu`` (modalities
+        are its ``mod`` entries, cells paired through its ``obsmap``), a 10x feature-barcode
+        matrix ``.h5`` (modalities from ``features/feature_type``), a ``{modality: .h5ad}``
         mapping (one file per modality, cells paired by obs_names, see
         :mod:`~gpuload.formats.modality_files`), or a list of such files or mappings with the same
         features, read as their cells one after the other.
     layer
         ``None`` for ``X``, else a key of ``layers`` (e.g. ``"counts"``); for ``.h5mu`` and a
         mapping, also ``{modality: layer or None}``.
-    modality_key
-        The var column of an ``.h5ad`` that names each feature's modality (``"GEX"``, ``"ATAC"``);
-        in a mapping, each file's must name one modality (or be absent).
+    feature_type_key
+        The var column that names each feature's modality in an ``.h5ad`` or a 10x ``.h5``
+        (whose var is scanpy's): each distinct value is a modality, in order of first appearance
+        (``"GEX"``, ``"ATAC"``; ``"Gene Expression"``, ``"Peaks"``); in a mapping, each file's
+        must name one modality (or be absent).
     cache_dir
         Where a row-major sidecar of a CSC matrix is built (default ``$GPULOAD_CACHE_DIR`` or
         ``~/.cache/gpuload``); unused for CSR and dense files.
     """
-    open_one = partial(_open_source, layer=layer, modality_key=modality_key, cache_dir=cache_dir)
+    open_one = partial(_open_source, layer=layer, feature_type_key=feature_type_key, cache_dir=cache_dir)
     if is_file_list(data):
         sources = [_source(d) for d in list(data)]
         _check_no_file_twice(sources)
@@ -86,10 +90,12 @@ def _check_no_file_twice(sources: list[Path | ModalityFiles]) -> None:
 
 
 def _open_source(
-    source: Path | ModalityFiles, *, layer, modality_key: str, cache_dir, lazy: bool
+    source: Path | ModalityFiles, *, layer, feature_type_key: str, cache_dir, lazy: bool
 ) -> MultiomeStore:
     if isinstance(source, Path):
-        return _open_file(source, layer=layer, modality_key=modality_key, cache_dir=cache_dir, lazy=lazy)
+        return _open_file(
+            source, layer=layer, feature_type_key=feature_type_key, cache_dir=cache_dir, lazy=lazy
+        )
     if isinstance(layer, dict):
         unknown = [m for m in layer if m not in source.files]
         if unknown:
@@ -100,30 +106,46 @@ def _open_source(
     def open_file(path: Path, modality: str) -> MultiomeStore:
         own = layer.get(modality) if isinstance(layer, dict) else layer
         return _open_file(
-            path, layer=own, modality_key=modality_key, cache_dir=cache_dir, lazy=lazy, modality=modality
+            path,
+            layer=own,
+            feature_type_key=feature_type_key,
+            cache_dir=cache_dir,
+            lazy=lazy,
+            modality=modality,
         )
 
-    return open_modality_files(source, open_file, modality_key)
+    return open_modality_files(source, open_file, feature_type_key)
 
 
 def _open_file(
-    path: Path, *, layer, modality_key: str, cache_dir, lazy: bool, modality: str | None = None
+    path: Path, *, layer, feature_type_key: str, cache_dir, lazy: bool, modality: str | None = None
 ) -> MultiomeStore:
     """One file; ``modality`` names the one modality of a mapping's ``.h5ad``."""
-    file = open_hdf5(path, ".h5ad or .h5mu")
+    file = open_hdf5(path, ".h5ad, .h5mu or 10x .h5")
     try:
-        mudata = is_mudata(file)
+        mudata, tenx = is_mudata(file), is_10x(file)
+        legacy_10x = not (mudata or tenx) and is_legacy_10x(file)
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on corrupt metadata
         file.close()
         raise InputFileError(f"{path}: its root attributes cannot be read ({e}); the file is corrupt") from e
-    if mudata and modality is not None:
+    if (mudata or tenx) and modality is not None:
         file.close()
         raise ArgumentError(
-            f"{path}: is a MuData file; a {{modality: file}} mapping takes one .h5ad per modality "
-            "(give the .h5mu alone: its modalities are paired already)"
+            f"{path}: is a {'MuData' if mudata else '10x .h5'} file; a {{modality: file}} mapping takes "
+            "one .h5ad per modality (give this file alone: its modalities are paired already)"
         )
     if mudata:
         return open_h5mu(path, file, layer=layer, cache_dir=cache_dir, lazy=lazy)
+    if tenx:
+        return open_10x(path, file, layer=layer, feature_type_key=feature_type_key, lazy=lazy)
+    if legacy_10x:
+        refuse_legacy_10x(path, file)
     return open_h5ad(
-        path, file, layer=layer, modality_key=modality_key, cache_dir=cache_dir, lazy=lazy, modality=modality
+        path,
+        file,
+        layer=layer,
+        feature_type_key=feature_type_key,
+        cache_dir=cache_dir,
+        lazy=lazy,
+        modality=modality,
     )

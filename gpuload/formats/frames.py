@@ -12,9 +12,6 @@ import pandas as pd
 from gpuload.errors import SchemaError
 from gpuload.formats.types import Modality
 
-# The values of var["feature_types"] gpuload knows as modalities.
-KNOWN_MODALITIES = ("GEX", "ATAC", "ADT")
-
 
 def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
     """The obs frame (one row per cell)."""
@@ -44,10 +41,18 @@ def _read_frame(f: h5py.File, name: str, where: str, why: str) -> pd.DataFrame:
 
 
 def modalities_of(var: pd.DataFrame, key: str, n_vars: int, where: str) -> dict[str, Modality]:
-    """Each modality's columns, told apart by the var column ``key`` (e.g. ``feature_types``)."""
+    """Each modality's columns, told apart by the var column ``key`` (e.g. ``feature_types``):
+    one modality per distinct value, whatever it is (``"GEX"``, ``"Gene Expression"``,
+    ``"Peaks"``), in the order of its first column."""
     if key not in var.columns:
         raise SchemaError(
             f"{where}: var has no column {key!r} to tell modalities apart (var columns: {list(var.columns)})"
+        )
+    missing = np.flatnonzero(var[key].isna().to_numpy())
+    if missing.size:
+        raise SchemaError(
+            f"{where}: var[{key!r}] is missing for {missing.size} features (first: column {missing[0]}, "
+            f"{var.index[missing[0]]!r}); every feature needs a modality"
         )
     try:
         values = var[key].astype(str).to_numpy()
@@ -55,11 +60,9 @@ def modalities_of(var: pd.DataFrame, key: str, n_vars: int, where: str) -> dict[
         raise SchemaError(f"{where}: var[{key!r}] cannot be read as text ({e})") from e
     if values.size != n_vars:
         raise SchemaError(f"{where}: var[{key!r}] has {values.size} entries but X has {n_vars} columns")
-    found = sorted(set(values.tolist()))
-    unknown = [v for v in found if v not in KNOWN_MODALITIES]
-    if unknown:
-        raise SchemaError(f"{where}: var[{key!r}] has values {found}; expected only {list(KNOWN_MODALITIES)}")
-    return {m: Modality(m, np.flatnonzero(values == m)) for m in KNOWN_MODALITIES if m in found}
+    names, first, which = np.unique(values, return_index=True, return_inverse=True)
+    columns = np.split(np.argsort(which, kind="stable"), np.cumsum(np.bincount(which))[:-1])
+    return {str(names[i]): Modality(str(names[i]), columns[i].astype(np.int64)) for i in np.argsort(first)}
 
 
 def obsm_keys_of(group: h5py.Group) -> list[str]:

@@ -12,10 +12,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from gpuload.errors import GpuloadError, InputFileError, SchemaError
+from gpuload.errors import SchemaError
 from gpuload.formats.encoding import ROW_READERS
 from gpuload.formats.frames import modalities_of, obsm_keys_of, read_obs, read_obsm, read_var
-from gpuload.formats.hdf5 import find_matrix, layers_of
+from gpuload.formats.hdf5 import closed_on_error, find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Modality
@@ -26,7 +26,7 @@ def open_h5ad(
     file: h5py.File,
     *,
     layer: str | None,
-    modality_key: str,
+    feature_type_key: str,
     cache_dir,
     lazy: bool = False,
     modality: str | None = None,
@@ -36,11 +36,11 @@ def open_h5ad(
     ``modality`` names the one modality of a file that holds only one (a ``{modality: file}``
     mapping's), whose every column is then that modality's."""
     key = "X" if layer is None else f"layers/{layer}"
-    try:
+    with closed_on_error(file, f"{path}: cannot read {key}"):
         key, node, encoding, shape = find_matrix(file, layer, str(path))
         var = read_var(file, str(path))
         modalities = (
-            modalities_of(var, modality_key, shape[1], str(path))
+            modalities_of(var, feature_type_key, shape[1], str(path))
             if modality is None
             else {modality: Modality(modality, np.arange(shape[1], dtype=np.int64))}
         )
@@ -52,15 +52,6 @@ def open_h5ad(
             return ROW_READERS[encoding.kind](path, key, node, shape, cache_dir)
 
         reader = LazyReader(open_reader, encoding) if lazy else open_reader()
-    except GpuloadError:
-        file.close()
-        raise
-    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:  # h5py on a corrupt file
-        file.close()
-        raise InputFileError(f"{path}: cannot read {key} ({e}); the file is corrupt") from e
-    except BaseException:
-        file.close()
-        raise
     return MultiomeStore(
         path,
         key,

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 
-from gpuload.errors import InputFileError, SchemaError
+from gpuload.errors import GpuloadError, InputFileError, SchemaError
 from gpuload.formats.encoding import encoding_of, shape_of
 from gpuload.formats.types import Encoding
+
+# What h5py raises on a corrupt file (bad metadata, a truncated dataset, an odd attribute).
+H5PY_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 def open_hdf5(path: Path, expected: str) -> h5py.File:
@@ -24,6 +29,19 @@ def open_hdf5(path: Path, expected: str) -> h5py.File:
     except OSError as e:
         kind = "is not an HDF5 file" if not h5py.is_hdf5(path) else "cannot be opened (truncated?)"
         raise InputFileError(f"{path}: {kind} ({e})") from e
+
+
+@contextmanager
+def closed_on_error(file: h5py.File, what: str) -> Iterator[None]:
+    """Close ``file`` when the block raises; h5py's own errors become an InputFileError that says
+    ``what`` could not be read and why."""
+    try:
+        yield
+    except BaseException as e:
+        file.close()
+        if isinstance(e, H5PY_ERRORS) and not isinstance(e, GpuloadError):
+            raise InputFileError(f"{what} ({e}); the file is corrupt") from e
+        raise
 
 
 def find_matrix(

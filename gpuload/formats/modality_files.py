@@ -61,16 +61,16 @@ class ModalityFiles:
 
 
 def open_modality_files(
-    source: ModalityFiles, open_file: Callable[[Path, str], MultiomeStore], modality_key: str
+    source: ModalityFiles, open_file: Callable[[Path, str], MultiomeStore], feature_type_key: str
 ) -> MultiomeStore:
     """The files of ``source`` as one dataset; ``open_file(path, modality)`` opens one ``.h5ad``
-    as a store whose every column is ``modality``'s; ``var[modality_key]``, where a file has it,
+    as a store whose every column is ``modality``'s; ``var[feature_type_key]``, where a file has it,
     must name one modality."""
     stores: dict[str, MultiomeStore] = {}
     try:
         for name, path in source.files.items():
             stores[name] = open_file(path, name)
-            _check_one_modality(stores[name], modality_key)
+            _check_one_modality(stores[name], feature_type_key)
         return _paired_store(source, stores)
     except BaseException:
         for store in stores.values():
@@ -78,12 +78,12 @@ def open_modality_files(
         raise
 
 
-def _check_one_modality(store: MultiomeStore, modality_key: str) -> None:
-    if modality_key in store.var.columns:
-        found = list(dict.fromkeys(store.var[modality_key].astype(str)))
+def _check_one_modality(store: MultiomeStore, feature_type_key: str) -> None:
+    if feature_type_key in store.var.columns:
+        found = list(dict.fromkeys(store.var[feature_type_key].astype(str)))
         if len(found) > 1:
             raise SchemaError(
-                f"{store.path}: var[{modality_key!r}] names several modalities {found}; a file of a "
+                f"{store.path}: var[{feature_type_key!r}] names several modalities {found}; a file of a "
                 "{modality: file} mapping holds one modality (open this file alone to read them all)"
             )
 

@@ -44,7 +44,8 @@ class MultiomeStore:
     files and ``file_starts`` the first global row of each (``files[i]`` holds rows
     ``file_starts[i]:file_starts[i + 1]``); ``encodings`` says how each stored matrix is
     encoded (``"X"``, or ``"rna/X"`` for a modality of an ``.h5mu``); ``measured`` which cells a
-    modality that lacks some has.
+    modality that lacks some has; ``about`` what a file says about itself beyond its data (a
+    10x file's format, chemistry and library ids), for ``gpuload info``.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class MultiomeStore:
         file_starts: np.ndarray,
         close: Callable[[], None],
         measured: dict[str, np.ndarray] | None = None,
+        about: dict[str, str] | None = None,
     ) -> None:
         self.path, self.key, self.encoding = path, key, encoding
         self.n_cells, self.n_vars = shape
@@ -76,6 +78,7 @@ class MultiomeStore:
         # modality -> bool [n_cells]: which cells it measured, for modalities that lack some
         # (an .h5mu's obsmap); a modality not in it measured every cell
         self.measured = measured or {}
+        self.about = about or {}
         self._read_obsm, self._close = read_obsm, close
 
     @property

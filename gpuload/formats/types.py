@@ -28,6 +28,13 @@ class Modality:
 
     name: str
     columns: np.ndarray  # int64 positions in the full width
+    # the data's name for it, where a loader delivers it under another key ({"GEX": "rna"})
+    source: str | None = None
+
+    @property
+    def data_name(self) -> str:
+        """Its name in the data (the key of the store's modalities, obs ``name:column`` prefixes)."""
+        return self.source or self.name
 
     @property
     def width(self) -> int:

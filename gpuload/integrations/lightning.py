@@ -153,7 +153,8 @@ class MultiomeDataModule(L.LightningDataModule):
         if isinstance(data, MultiomeStore):
             self.subsets, self.split_description = split_subsets(data, split, fractions, self.seed)
         else:
-            with open_multiome(data, layer=loader_options.get("layer")) as store:
+            opened = {k: loader_options[k] for k in ("layer", "feature_type_key") if k in loader_options}
+            with open_multiome(data, **opened) as store:
                 self.subsets, self.split_description = split_subsets(store, split, fractions, self.seed)
         self.loaders: dict[str, LightningLoader] = {}
 

@@ -5,15 +5,14 @@ below them are plain Python, compiled by each face: inlined ``@njit`` for the CP
 (:mod:`gpuload.kernels.cpu`; as real calls, passing a dozen arrays per stored value costs ~6x)
 and ``@cuda.jit`` device functions for the CUDA kernels (:mod:`gpuload.kernels.cuda`, also run by
 the simulator). The faces differ only in how they split the work: the CPU twin gives a thread
-whole rows (``first=0, step=1``, one tile per row), the CUDA kernel gives a thread block one tile
-of one row and strides its threads over it (``first=threadIdx, step=blockDim``).
+whole rows (``first=0, step=1``), the CUDA dense kernel gives a thread block one row and strides
+its threads over it (``first=threadIdx, step=blockDim``), in one pass over the row's values.
 
 Output layout (see :mod:`gpuload.assembly`): modality ``m`` of super-batch row ``r`` is the
 ``mod_width[m]`` values starting at ``row_out[r, m]`` of the flat output. Full-width column ``j``
 goes where ``col_dest[j]`` says: -1 for no requested modality, else ``m << DEST_SHIFT | c`` for
-column ``c`` of modality ``m``, which is column ``mod_prefix[m] + c`` of the row's concatenated
-output (what tiles cut). One int32 lookup per stored value: separate int64 modality and column
-tables cost a third of the CPU twin's speed at full width, in cache misses alone.
+column ``c`` of modality ``m``. One int32 lookup per stored value: separate int64 modality and
+column tables cost a third of the CPU twin's speed at full width, in cache misses alone.
 
 Arithmetic runs in the output's precision: a stored value is cast to the type of the per-cell
 scale (float32 for float32 output) before the transform, so no float64 instruction runs for a
@@ -124,28 +123,27 @@ def destination(j, col_dest):
     return col_dest[j]
 
 
-def zero_tile(r, lo, hi, first, step, row_out, mod_prefix, mod_width, out):
-    """Zero output columns ``[lo, hi)`` of row ``r`` (elements ``first``, ``first+step``, ...)."""
+def zero_row(r, first, step, row_out, mod_width, out):
+    """Zero row ``r``'s output in every modality (elements ``first``, ``first+step``, ... of each
+    modality's run: consecutive threads write consecutive columns)."""
     for m in range(mod_width.size):
-        a = max(lo, mod_prefix[m])
-        b = min(hi, mod_prefix[m] + mod_width[m])
-        start = row_out[r, m] + a - mod_prefix[m]
+        start = row_out[r, m]
         if step == 1:  # one thread per row: a memset (the strided loop is ~3x slower on the CPU)
-            out[start + first : start + b - a] = 0
+            out[start : start + mod_width[m]] = 0
         else:
-            for i in range(_count(first, b - a, step)):
+            for i in range(_count(first, mod_width[m], step)):
                 out[start + first + i * step] = 0
 
 
 # fmt: off
-def scatter_tile(r, row, grow, lo, hi, first, step, report, indptr, indices, data, col_dest, mod_prefix,
-                 mod_code, mod_threshold, row_scale, col_weight, row_out, out):
-    """Write the stored values ``first``, ``first+step``, ... of block row ``row`` whose output
-    column lies in ``[lo, hi)`` into super-batch row ``r`` (file row ``grow``), transformed.
+def scatter_row(r, row, grow, first, step, indptr, indices, data, col_dest, mod_code, mod_threshold,
+                row_scale, col_weight, row_out, out):
+    """Write the stored values ``first``, ``first+step``, ... of block row ``row`` into super-batch
+    row ``r`` (file row ``grow``), transformed: each value is read by one thread, once, and
+    consecutive threads read consecutive values (and their ``col_dest`` entries).
 
-    Returns (error code, present bits): bit ``m`` is set when the row has a nonzero value in
-    modality ``m``. With ``report``, both are over every value visited, inside the tile or not,
-    so the block that owns a row's first tile can report them for the whole row.
+    Returns (error code, present bits) over the values visited: bit ``m`` is set when one of
+    them is a nonzero value of modality ``m``.
     """
     err = OK
     bits = 0
@@ -159,19 +157,13 @@ def scatter_tile(r, row, grow, lo, hi, first, step, report, indptr, indices, dat
                 err = COLUMN_OUT_OF_RANGE
             continue
         m = d >> DEST_SHIFT
-        c = d & DEST_MASK
-        g = mod_prefix[m] + c
-        inside = g >= lo and g < hi
-        if not (inside or report):
-            continue
         x = data[k]
         if x != 0:
             bits |= 1 << m
         value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
         if e != OK:
             err = e
-        if inside:
-            out[row_out[r, m] + c] = value
+        out[row_out[r, m] + (d & DEST_MASK)] = value
     return err, bits
 # fmt: on
 

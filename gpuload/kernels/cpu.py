@@ -3,13 +3,15 @@
 A row is zeroed with a memset and its stored values scattered into it (measured faster on our
 machines than one ordered pass writing the zeros between values, whose many short memsets cost
 more than the scattered writes they avoid); the per-value arithmetic is
-:mod:`gpuload.kernels.arithmetic`'s, shared with the CUDA kernels.
+:mod:`gpuload.kernels.arithmetic`'s, shared with the CUDA kernels. The kernels are cached on disk
+(:mod:`gpuload.kernels.compile_cache`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba.core import config
 
 from gpuload.kernels import arithmetic
 from gpuload.kernels.arithmetic import (
@@ -20,12 +22,12 @@ from gpuload.kernels.arithmetic import (
     OUT_OF_RANGE,
     checked_value,
     destination,
-    row_width,
 )
+from gpuload.kernels.compile_cache import cached
 
 # Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs ~6x.
-zero_tile = njit(inline="always")(arithmetic.zero_tile)
-scatter_tile = njit(inline="always")(arithmetic.scatter_tile)
+zero_row = njit(inline="always")(arithmetic.zero_row)
+scatter_row = njit(inline="always")(arithmetic.scatter_row)
 copy_obs = njit(inline="always")(arithmetic.copy_obs)
 
 
@@ -59,27 +61,24 @@ def fill_row(r, row, grow, indptr, indices, data, col_dest, mod_code, mod_thresh
     return err, bits
 
 
-@njit(parallel=True, nogil=True)
-def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_prefix, mod_width, mod_code,
-                mod_threshold, row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i,
-                obs_i_out, obs_u, obs_u_out, tile):
+@cached(njit, config, parallel=True, nogil=True)
+def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_width, mod_code, mod_threshold,
+                row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i, obs_i_out,
+                obs_u, obs_u_out):
     """Dense output of a super-batch: row ``r`` from block row ``local_rows[r]`` (file row
     ``global_rows[r]``) into ``out`` at ``row_out[r]``, transformed; ``present[m, r]``,
-    ``status[r]`` (OK or an error code) and the obs columns of the row. ``tile`` is the CUDA
-    kernel's and unused here (a thread writes whole rows)."""
+    ``status[r]`` (OK or an error code) and the obs columns of the row."""
     for r in prange(local_rows.size):
-        width = row_width(mod_prefix, mod_width)
-        zero_tile(r, 0, width, 0, 1, row_out, mod_prefix, mod_width, out)
-        err, bits = scatter_tile(r, local_rows[r], global_rows[r], 0, width, 0, 1, True, indptr, indices,
-                                 data, col_dest, mod_prefix, mod_code, mod_threshold, row_scale, col_weight,
-                                 row_out, out)
+        zero_row(r, 0, 1, row_out, mod_width, out)
+        err, bits = scatter_row(r, local_rows[r], global_rows[r], 0, 1, indptr, indices, data, col_dest,
+                                mod_code, mod_threshold, row_scale, col_weight, row_out, out)
         for m in range(mod_width.size):
             present[m, r] = (bits >> m) & 1
         status[r] = err
         copy_obs(r, global_rows[r], 0, 1, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
 
 
-@njit(parallel=True, nogil=True)
+@cached(njit, config, parallel=True, nogil=True)
 def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code, mod_threshold, row_scale,
               col_weight, cursor, out_indices, out_values, present, status, obs_f, obs_f_out, obs_i,
               obs_i_out, obs_u, obs_u_out):
@@ -95,7 +94,7 @@ def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code
 # fmt: on
 
 
-@njit(nogil=True)
+@cached(njit, config, nogil=True)
 def count_modalities(indptr, indices, col_dest, n_mod):
     """Stored values per (block row, modality): where the sparse output's rows start, known on
     the host before any kernel runs (so no count pass and no device-to-host wait)."""

@@ -1,20 +1,26 @@
 """CUDA assembly kernels over a super-batch.
 
-- :func:`gather_rows` (dense): a 2-D grid of (rows x column tiles). Block (r, t) zeroes tile t
-  of row r's output and writes the row's stored values that fall in it, so even a handful of
-  wide rows fill every SM; block (r, 0) also reports the row's presence bits, its status and
-  copies its obs values.
-- :func:`fill_rows` (sparse): a warp (a 32-thread block) per row; each round of 32 stored values
-  is compacted per modality with a shared-memory scan, so columns stay in file order.
+- :func:`gather_rows` (dense): a block of ``THREADS`` threads per row, one pass over the row. Its
+  threads first zero the row's output (consecutive threads, consecutive columns), then, after a
+  barrier, take its stored values in turn (consecutive threads, consecutive values, so the reads
+  of ``indices``, ``data`` and ``col_dest`` coalesce) and write each value's transform where its
+  column goes. Each stored value is read once (a grid of column tiles, before 2026-12, had every
+  tile's block rescan the row).
+- :func:`fill_rows` (sparse): a warp per row, ``ROWS_PER_BLOCK`` rows per block (one warp per
+  block capped occupancy at 50% on sm_90, by the limit on blocks per SM). Each round of 32 stored
+  values is compacted per modality with a shared-memory rank, so columns stay in file order.
 
 Imported only by the backend when a GPU (or the CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) is in
-use, so a CPU-only install never compiles it. The simulator has no warp intrinsics, hence the
-block-level ``syncthreads_or`` and shared-memory scans, which it runs as the GPU would.
+use, so a CPU-only install never compiles it; compiled kernels are cached on disk
+(:mod:`gpuload.kernels.compile_cache`). The simulator has no warp intrinsics, hence block-level
+barriers, shared-memory atomics and ranks, which it runs as the GPU would; a block's warps run as
+many rounds as its longest row needs, since every thread of a block must reach each barrier.
 """
 
 from __future__ import annotations
 
-from numba import cuda, int32, int64
+from numba import cuda, int64, uint32
+from numba.cuda.core import config
 
 from gpuload.kernels import arithmetic
 from gpuload.kernels.arithmetic import (
@@ -26,82 +32,94 @@ from gpuload.kernels.arithmetic import (
     OUT_OF_RANGE,
     checked_value,
     destination,
-    row_width,
 )
+from gpuload.kernels.compile_cache import cached
 
-zero_tile = cuda.jit(device=True)(arithmetic.zero_tile)
-scatter_tile = cuda.jit(device=True)(arithmetic.scatter_tile)
+zero_row = cuda.jit(device=True)(arithmetic.zero_row)
+scatter_row = cuda.jit(device=True)(arithmetic.scatter_row)
 copy_obs = cuda.jit(device=True)(arithmetic.copy_obs)
 
 THREADS = 256  # per block of the dense kernel
-COLUMNS_PER_THREAD = 16  # a dense tile is THREADS * COLUMNS_PER_THREAD output columns
-WARP = 32
+WARP = 32  # lanes per row of the sparse kernel
+ROWS_PER_BLOCK = 4  # rows (warps) per block of the sparse kernel
 
 
 @cuda.jit(device=True)
-def report_row(r, verdict, err, bits, n_mod, present, status):
-    """The block's verdict on row ``r``: the highest error code any thread saw and, per
-    modality, whether any thread saw a nonzero value. ``verdict`` is the block's zeroed shared
-    [bits, error] pair; every thread of the block must call this (it ends with a barrier, then
-    thread 0 writes)."""
-    cuda.atomic.or_(verdict, 0, bits)
-    cuda.atomic.max(verdict, 1, err)
+def report_row(r, verdict, w, err, bits, leader, n_mod, present, status):
+    """The verdict on row ``r`` of the threads that took it: the highest error code any of them
+    saw and, per modality, whether any saw a nonzero value. ``verdict[w]`` is the row's zeroed
+    shared [bits, error] pair. Every thread of the block must call this (it holds a barrier);
+    then the row's ``leader`` writes."""
+    cuda.atomic.or_(verdict, (w, 0), bits)
+    cuda.atomic.max(verdict, (w, 1), err)
     cuda.syncthreads()
-    if cuda.threadIdx.x == 0:
+    if leader:
         for m in range(n_mod):
-            present[m, r] = (verdict[0] >> m) & 1
-        status[r] = verdict[1]
+            present[m, r] = (verdict[w, 0] >> m) & 1
+        status[r] = verdict[w, 1]
 
 
 # fmt: off
-@cuda.jit
-def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_prefix, mod_width, mod_code,
-                mod_threshold, row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i,
-                obs_i_out, obs_u, obs_u_out, tile):
-    """Same contract as :func:`gpuload.kernels.cpu.gather_rows`; launch on a
-    (rows, ceil(width / tile)) grid."""
-    r, t = cuda.blockIdx.x, cuda.blockIdx.y
+@cached(cuda.jit, config)
+def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_width, mod_code, mod_threshold,
+                row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i, obs_i_out,
+                obs_u, obs_u_out):
+    """Same contract as :func:`gpuload.kernels.cpu.gather_rows`; launch a block per row."""
+    r = cuda.blockIdx.x
     tid, step = cuda.threadIdx.x, cuda.blockDim.x
-    verdict = cuda.shared.array(2, int64)  # the row's present bits and error code
+    verdict = cuda.shared.array((1, 2), int64)  # the row's present bits and error code
     if tid == 0:
-        verdict[0] = 0
-        verdict[1] = OK
-    lo = t * tile
-    hi = min(lo + tile, row_width(mod_prefix, mod_width))
-    zero_tile(r, lo, hi, tid, step, row_out, mod_prefix, mod_width, out)
-    cuda.syncthreads()
-    row, grow = local_rows[r], global_rows[r]
-    err, bits = scatter_tile(r, row, grow, lo, hi, tid, step, t == 0, indptr, indices, data, col_dest,
-                             mod_prefix, mod_code, mod_threshold, row_scale, col_weight, row_out, out)
-    if t == 0:  # the block is uniform in t: all of its threads take this branch or none
-        report_row(r, verdict, err, bits, mod_width.size, present, status)
-        copy_obs(r, grow, tid, step, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
+        verdict[0, 0] = 0
+        verdict[0, 1] = OK
+    # The obs first: the arrays it reads are not live across the row's loops (-7 registers).
+    copy_obs(r, global_rows[r], tid, step, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
+    zero_row(r, tid, step, row_out, mod_width, out)
+    cuda.syncthreads()  # every zero before any value: a value's column is another thread's zero
+    err, bits = scatter_row(r, local_rows[r], global_rows[r], tid, step, indptr, indices, data, col_dest,
+                            mod_code, mod_threshold, row_scale, col_weight, row_out, out)
+    report_row(r, verdict, 0, err, bits, tid == 0, mod_width.size, present, status)
 
 
-@cuda.jit
+@cached(cuda.jit, config)
 def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code, mod_threshold, row_scale,
               col_weight, cursor, out_indices, out_values, present, status, obs_f, obs_f_out, obs_i,
               obs_i_out, obs_u, obs_u_out):
-    """Same contract as :func:`gpuload.kernels.cpu.fill_rows`; launch one block of WARP threads
-    (a warp) per row."""
-    r = cuda.blockIdx.x
-    lane, lanes_n = cuda.threadIdx.x, cuda.blockDim.x
+    """Same contract as :func:`gpuload.kernels.cpu.fill_rows`; launch blocks of (lanes, rows):
+    thread (lane, w) of block b takes lane ``lane`` of row ``b * blockDim.y + w``."""
+    lane, lanes_n, w = cuda.threadIdx.x, cuda.blockDim.x, cuda.threadIdx.y
+    r = cuda.blockIdx.x * cuda.blockDim.y + w
+    active = r < local_rows.size  # the last block's surplus warps only meet the barriers
     n_mod = present.shape[0]
-    lanes = cuda.shared.array(WARP, int32)  # the modality of each lane's value this round (-1: none)
-    start = cuda.shared.array(MAX_MODALITIES, int64)  # where each modality's next entry goes
-    verdict = cuda.shared.array(2, int64)  # the row's present bits and error code
-    row, grow = local_rows[r], global_rows[r]
+    # Per round, row and modality: the lanes holding a value of it (bit ``lane``), in two buffers
+    # by round parity; a lane's rank among them (a popcount) is where its entry goes.
+    lanes = cuda.shared.array((2, ROWS_PER_BLOCK, MAX_MODALITIES), uint32)
+    start = cuda.shared.array((ROWS_PER_BLOCK, MAX_MODALITIES), int64)  # each modality's next entry
+    verdict = cuda.shared.array((ROWS_PER_BLOCK, 2), int64)  # each row's present bits and error code
+    longest = cuda.shared.array(1, int64)  # the most stored values of the block's rows
+    lo, hi = 0, 0
+    if active:
+        copy_obs(r, global_rows[r], lane, lanes_n, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
+        row = local_rows[r]
+        lo, hi = indptr[row], indptr[row + 1]
+        if lane < n_mod:
+            start[w, lane] = cursor[r, lane]
     if lane < n_mod:
-        start[lane] = cursor[r, lane]
+        lanes[0, w, lane] = 0
     if lane == 0:
-        verdict[0] = 0
-        verdict[1] = OK
+        verdict[w, 0] = 0
+        verdict[w, 1] = OK
+        if w == 0:
+            longest[0] = 0
+    cuda.syncthreads()
+    if lane == 0:
+        cuda.atomic.max(longest, 0, hi - lo)
     cuda.syncthreads()
     err = OK
     bits = 0
-    lo, hi = indptr[row], indptr[row + 1]
-    for base in range(lo, hi, lanes_n):
-        k = base + lane
+    bit = uint32(1) << uint32(lane)
+    for i in range((longest[0] + lanes_n - 1) // lanes_n):
+        p = i % 2
+        k = lo + i * lanes_n + lane
         d = -1
         j = 0
         if k < hi:
@@ -110,39 +128,40 @@ def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code
             if d == OUT_OF_RANGE:
                 err = COLUMN_OUT_OF_RANGE
         m = d >> DEST_SHIFT if d >= 0 else -1
-        lanes[lane] = m
-        cuda.syncthreads()
         if m >= 0:
-            rank = 0  # lanes before this one with a value of the same modality
-            for other in range(lane):
-                if lanes[other] == m:
-                    rank += 1
+            cuda.atomic.or_(lanes, (p, w, m), bit)
+        cuda.syncthreads()
+        if lane < n_mod:  # the next round's buffer: its last reader passed the barrier above
+            lanes[1 - p, w, lane] = 0
+        if m >= 0:
             x = data[k]
             if x != 0:
                 bits |= 1 << m
-            value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
+            value, e = checked_value(x, mod_code[m], row_scale[global_rows[r], m], col_weight, j,
+                                     mod_threshold[m])
             if e != OK:
                 err = e
-            out_indices[start[m] + rank] = d & DEST_MASK
-            out_values[start[m] + rank] = value
+            at = start[w, m] + cuda.popc(lanes[p, w, m] & (bit - uint32(1)))
+            out_indices[at] = d & DEST_MASK
+            out_values[at] = value
+        # Every entry of the round is written, and the next round's buffer zeroed, before a
+        # modality's start moves on; the next round's barrier orders that move before its reads.
         cuda.syncthreads()
         if lane < n_mod:
-            taken = 0
-            for other in range(lanes_n):
-                if lanes[other] == lane:
-                    taken += 1
-            start[lane] += taken
-        cuda.syncthreads()
-    report_row(r, verdict, err, bits, n_mod, present, status)
-    copy_obs(r, grow, lane, lanes_n, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
+            start[w, lane] += cuda.popc(lanes[p, w, lane])
+    report_row(r, verdict, w, err, bits, active and lane == 0, n_mod, present, status)
 # fmt: on
 
 
 def launch(kernel, stream, n_rows: int, width: int, args: tuple, *, threads: int = THREADS) -> None:
     """Launch one of this module's kernels over ``n_rows`` super-batch rows (``stream=None``: the
-    default stream, as in the simulator). ``args`` end with the tile for :func:`gather_rows`."""
+    default stream, as in the simulator). ``threads``: per block of :func:`gather_rows`, and the
+    lanes per row of :func:`fill_rows` (at most a warp; the simulator takes fewer, so that its
+    tests run several rounds per row; at least MAX_MODALITIES, a lane per modality's counters).
+    The geometry does not depend on the row ``width``."""
     if kernel is gather_rows:
-        grid = (n_rows, max(1, -(-width // args[-1])))
+        grid, block = n_rows, threads
     else:
-        grid, threads = n_rows, WARP  # fewer lanes would mean more barrier rounds, also simulated
-    (kernel[grid, threads] if stream is None else kernel[grid, threads, stream])(*args)
+        lanes = min(max(threads, MAX_MODALITIES), WARP)
+        grid, block = -(-n_rows // ROWS_PER_BLOCK), (lanes, ROWS_PER_BLOCK)
+    (kernel[grid, block] if stream is None else kernel[grid, block, stream])(*args)

@@ -8,7 +8,7 @@ the kernels read to the device.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +98,9 @@ def build_plan(
     full = resolve_modalities(store, modalities)
     names = [m.name for m in full]
     positions = subset_positions(store.obs, subset, split, store.path, query)
-    keys = select_columns(store.obs, obs_keys, names, store.path, list(store.modalities))
+    keys = select_columns(
+        store.obs, obs_keys, [m.data_name for m in full], store.path, list(store.modalities)
+    )
     transforms = parse_transforms(transform, names)
     specs = parse_feature_specs(features, names)
     counted = compute_stats(store, positions, full) if needs_counts(specs) else None
@@ -139,26 +141,38 @@ def _obsm_keys(keys) -> list[str]:
 
 def resolve_modalities(store: MultiomeStore, modalities) -> list[Modality]:
     """The store's modalities named by ``modalities`` (``None``: every one, in file order;
-    ``"all"``: one full-width ``"X"``)."""
+    ``"all"``: one full-width ``"X"``; ``{key: name}``: modality ``name`` delivered as ``key``)."""
     if modalities is None:
         return list(store.modalities.values())
     if modalities == ALL:
         return [Modality("X", np.arange(store.n_vars, dtype=np.int64))]
     if isinstance(modalities, str):
-        names = [modalities]
+        keys = {modalities: modalities}
+    elif isinstance(modalities, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in modalities.items()
+    ):
+        keys = dict(modalities)
     elif isinstance(modalities, Sequence) and all(isinstance(m, str) for m in modalities):
-        names = list(modalities)
+        if len(set(modalities)) != len(modalities):
+            raise ArgumentError(f"modalities {list(modalities)} repeats a modality")
+        keys = {m: m for m in modalities}
     else:
-        raise ArgumentError(f"modalities must be a name, a sequence of names or 'all', got {modalities!r}")
-    if not names:
-        raise ArgumentError("modalities is empty; give 'GEX', 'ATAC', a tuple of them, or 'all'")
-    valid = [*store.modalities, ALL]
-    for name in names:
+        raise ArgumentError(
+            f"modalities must be a name, a sequence of names, {{key: name}} or 'all', got {modalities!r}"
+        )
+    if not keys:
+        raise ArgumentError(f"modalities is empty; give one of {list(store.modalities)}, several, or 'all'")
+    for name in keys.values():
         if name not in store.modalities:
-            raise ArgumentError(f"{store.path}: unknown modality {name!r}; valid: {valid}")
-    if len(set(names)) != len(names):
-        raise ArgumentError(f"modalities {names} repeats a modality")
-    return [store.modalities[n] for n in names]
+            raise ArgumentError(
+                f"{store.path}: unknown modality {name!r}; the data has {list(store.modalities)} (or 'all')"
+            )
+    if len(set(keys.values())) != len(keys):
+        raise ArgumentError(f"modalities {keys} names a modality twice")
+    return [
+        store.modalities[name] if key == name else Modality(key, store.modalities[name].columns, name)
+        for key, name in keys.items()
+    ]
 
 
 def parse_transforms(transform, names: list[str]) -> dict[str, Transform]:

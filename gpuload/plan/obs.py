@@ -19,21 +19,19 @@ from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
 
 
-def modality_of_column(column: str, modalities: Sequence[str] = schema.MODALITIES) -> str | None:
-    """The modality of ``modalities`` a column belongs to by its name (``GEX_n_counts``,
-    ``nCount_ATAC``, a MuData's ``rna:n_genes``), None for shared columns."""
+def modality_of_column(column: str, modalities: Sequence[str]) -> str | None:
+    """The modality of ``modalities`` (the data's) a column belongs to by its name
+    (``GEX_n_counts``, ``nCount_ATAC``, a MuData's ``rna:n_genes``), None for shared columns."""
     for m in modalities:
         if column.startswith((f"{m}_", f"{m}:")) or column.endswith(f"_{m}"):
             return m
     return None
 
 
-def select_columns(
-    obs: pd.DataFrame, keys, modalities, path, known: Sequence[str] = schema.MODALITIES
-) -> list[str]:
+def select_columns(obs: pd.DataFrame, keys, modalities, path, known: Sequence[str] = ()) -> list[str]:
     """Resolve ``obs_keys``: None = all columns, or a list (each must exist).
 
-    With a single modality of ``known`` (the dataset's modalities) and ``keys=None``, only that
+    With a single modality of ``known`` (the data's modalities) and ``keys=None``, only that
     modality's columns and the shared ones are kept (``GEX_n_counts`` but not
     ``ATAC_nCount_peaks``).
     """

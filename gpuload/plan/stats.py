@@ -58,5 +58,5 @@ def compute_stats(
         col_nonzero += np.bincount(block.indices[values != 0], minlength=store.n_vars)
     totals_of = {n: totals[:, i] for i, n in enumerate(names)}
     everyone = np.ones(store.n_cells, dtype=bool)
-    measured = {n: int(store.measured.get(n, everyone)[positions].sum()) for n in names}
+    measured = {m.name: int(store.measured.get(m.data_name, everyone)[positions].sum()) for m in modalities}
     return DatasetStats(totals_of, col_sums, col_nonzero, measured)

@@ -5,7 +5,9 @@
 - Match modality: an N x N matrix whose rows (GEX embeddings) are distributions over the
   columns (ATAC embeddings); the score is the mass on the true partner, next to random 1/N.
 - Joint embedding: KMeans with one cluster per cell type -> NMI and ARI; cell-type ASW and
-  batch ASW, scaled as in the competition.
+  batch ASW, scaled as in the competition. They need cell types: on data without them (the
+  batches' ``obs["cell_type"]`` is None) they are None, "not available"; so is batch ASW where
+  no cell type spans two batches.
 """
 
 from __future__ import annotations
@@ -93,7 +95,8 @@ def evaluate(
         n_gex, n_atac = n_gex + target.numel(), n_atac + atac.numel()
         for name, (mean, var) in model.posteriors(gex_in, atac_in).items():
             posteriors[name].append(torch.stack([mean, var]).cpu())
-        cell_types += batch["obs"]["cell_type"]
+        labels = batch["obs"]["cell_type"]
+        cell_types += [] if labels is None else list(labels)
         batches += batch["obs"]["batch"]
     metrics = {
         "gex2atac_rmse": float((squared["atac"] / n_atac).sqrt()),
@@ -110,6 +113,13 @@ def evaluate(
         match_score=float(match.diagonal().mean()), match_random=1.0 / pick.size, match_n=int(pick.size)
     )
     embedding = mean_var["joint"][0].numpy()
-    cell_types, batches = np.array(cell_types), np.array(batches)
-    metrics.update(embedding_scores(embedding, cell_types, batches, seed))
+    batches = np.array(batches)
+    if len(cell_types) == n_cells:
+        cell_types = np.array([str(c) for c in cell_types])
+        scores = embedding_scores(embedding, cell_types, batches, seed)
+        metrics.update({k: None if np.isnan(v) else v for k, v in scores.items()})
+        metrics["n_cell_types"] = int(np.unique(cell_types).size)
+    else:  # no labels: the label-based scores are not available
+        cell_types = np.full(n_cells, "not available")
+        metrics.update(dict.fromkeys(("nmi", "ari", "asw_cell_type", "asw_batch")), n_cell_types=0)
     return metrics, {"embedding": embedding, "cell_type": cell_types, "batch": batches}

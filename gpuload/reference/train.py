@@ -3,7 +3,9 @@
 multimodal tasks (:mod:`gpuload.reference.metrics`).
 
 Held-out cells are the competition's test batches when the file has the competition's batch
-names, else a seeded random 20%.
+names, else a seeded random 20%. Files as they are shipped work too: the modalities, raw counts
+and obs columns are found by role (:mod:`gpuload.reference.inputs`), and the report says what
+was chosen.
 
 Features: by default the loader selects the genes and peaks nonzero in the most training cells
 (``DEFAULT_FEATURES``), as the competition's entries and muon's workflows select features
@@ -26,12 +28,11 @@ from tqdm.auto import tqdm
 from gpuload.bmmc import schema
 from gpuload.checks import one_of, positive_int
 from gpuload.device import gpu_available
-from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
-from gpuload.formats import MultiomeStore, open_multiome
+from gpuload.errors import ArgumentError
 from gpuload.loader import MultiomeLoader
-from gpuload.plan.obs import find_column
+from gpuload.reference.inputs import ROLE_NAMES, open_training_inputs
 from gpuload.reference.metrics import evaluate
-from gpuload.reference.models import SIZE_FACTOR_KEYS, MultiomeVAE, as_dense, log_normalize, size_factors_of
+from gpuload.reference.models import MultiomeVAE, as_dense, log_normalize, size_factors_of
 from gpuload.reference.report import PLOTS, plot_embedding, summary_lines, write_report
 
 TEST_FRACTION = 0.2
@@ -46,21 +47,22 @@ INPUTS = ("dense", "sparse_csr")
 
 
 def split_cells(
-    batches: np.ndarray, seed: int, max_cells: int | None = None
+    batches: np.ndarray | None, seed: int, max_cells: int | None = None, n_cells: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, str]:
     """Row indices of the training and held-out cells, and how they were chosen.
 
-    ``batches`` is the obs ``batch`` column as strings. ``max_cells`` first keeps a seeded
-    random subset of the file.
+    ``batches`` is the obs ``batch`` column as strings (None: the file has none, ``n_cells``
+    cells). ``max_cells`` first keeps a seeded random subset of the file.
     """
     rng = np.random.default_rng(seed)
-    rows = np.arange(batches.size)
+    rows = np.arange(batches.size if batches is not None else n_cells)
     if max_cells is not None and max_cells < rows.size:
         rows = np.sort(rng.choice(rows, max_cells, replace=False))
-    is_train = np.isin(batches[rows], schema.SPLITS["train"])
-    is_test = np.isin(batches[rows], schema.SPLITS["test"])
-    if is_train.any() and is_test.any():
-        return rows[is_train], rows[is_test], "competition split by batch; val batches unused"
+    if batches is not None:
+        is_train = np.isin(batches[rows], schema.SPLITS["train"])
+        is_test = np.isin(batches[rows], schema.SPLITS["test"])
+        if is_train.any() and is_test.any():
+            return rows[is_train], rows[is_test], "competition split by batch; val batches unused"
     held_out = rng.random(rows.size) < TEST_FRACTION
     return rows[~held_out], rows[held_out], f"seeded random {TEST_FRACTION:.0%} of cells"
 
@@ -146,31 +148,8 @@ def _fit(
     return history, baseline, n_cells / (time.perf_counter() - start)
 
 
-def _open_checked(data_path: str | os.PathLike) -> tuple[MultiomeStore, str]:
-    """The counts layer of a paired file, and its size-factor column; clear errors otherwise."""
-    store = open_multiome(data_path, layer="counts")
-    try:
-        missing = [m for m in ("GEX", "ATAC") if m not in store.modalities]
-        if missing:
-            raise SchemaError(
-                f"{data_path}: training needs paired GEX + ATAC; it has no {missing[0]} features"
-            )
-        for column in ("batch", "cell_type"):
-            if column not in store.obs.columns:
-                raise ObsKeyError(f"{data_path}: training needs an obs {column!r} column")
-        size_factor_key = find_column(store.obs, SIZE_FACTOR_KEYS)
-        if size_factor_key is None:
-            raise ObsKeyError(
-                f"{data_path}: training needs GEX size factors, obs {' or '.join(SIZE_FACTOR_KEYS)}"
-            )
-    except BaseException:
-        store.close()
-        raise
-    return store, size_factor_key
-
-
 def train(
-    data_path: str | os.PathLike,
+    data_path,
     *,
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -184,8 +163,16 @@ def train(
     max_cells: int | None = None,
     progress: bool = True,
     umap: bool = True,
+    gex: str | None = None,
+    atac: str | None = None,
+    layer: str | None = None,
 ) -> dict:
-    """Train a MultiomeVAE on ``data_path`` and evaluate it on held-out cells.
+    """Train a MultiomeVAE on ``data_path`` (whatever :func:`~gpuload.formats.open_multiome` opens)
+    and evaluate it on held-out cells.
+
+    ``gex`` / ``atac`` name the modalities (default: the first of
+    :data:`~gpuload.reference.inputs.ROLE_NAMES` the data has); ``layer`` the raw counts
+    (default ``layers["counts"]``, else X when its GEX values are integers; ``"X"``: X).
 
     ``features`` is the loader's feature selection over the training cells (``"all"``: full
     width); ``inputs`` is how batches reach the encoders (``"dense"`` or ``"sparse_csr"``).
@@ -208,20 +195,23 @@ def train(
     is_main = not distributed or torch.distributed.get_rank() == 0
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    store, size_factor_key = _open_checked(data_path)
-    with store:
-        train_rows, test_rows, split = split_cells(store.obs["batch"].astype(str).to_numpy(), seed, max_cells)
+    found = open_training_inputs(data_path, gex=gex, atac=atac, layer=layer)
+    with found.store as store:
+        batches = found.batches()
+        train_rows, test_rows, split = split_cells(batches, seed, max_cells, store.n_cells)
         # Raw GEX counts (the NB likelihood wants them) and binarized ATAC, on the device.
         common = {
             "batch_size": batch_size,
             "seed": seed,
-            "modalities": ("GEX", "ATAC"),
+            "modalities": found.modalities,
             "transform": {"GEX": None, "ATAC": "binarize"},
-            "obs_keys": ["batch", "cell_type", size_factor_key],
+            "obs_keys": found.obs_keys,
             "device": device,
             "output": inputs,
+            "batch_transform": found.roles,
         }
-        selection = None if features == "all" else _at_most_width(features, store)
+        widths = {role: store.modalities[name].width for role, name in found.modalities.items()}
+        selection = None if features == "all" else _at_most_width(features, widths)
         train_loader = MultiomeLoader(store, subset=train_rows, shuffle=True, features=selection, **common)
         # Evaluation runs on rank 0 over all held-out cells, not on a shard, on the same features.
         test_loader = MultiomeLoader(
@@ -234,10 +224,11 @@ def train(
             **common,
         )
         widths = {m.name: m.width for m in train_loader.modalities}
+        batch_categories = found.batch_categories(train_loader.categories)
         model_args = {
             "n_genes": widths["GEX"],
             "n_peaks": widths["ATAC"],
-            "n_batches": len(train_loader.categories("batch")),
+            "n_batches": len(batch_categories),
             "latent_dim": latent_dim,
             "hidden": hidden,
             "gex_likelihood": "nb",
@@ -252,14 +243,13 @@ def train(
         if not is_main:
             return {"rank": torch.distributed.get_rank(), "train_seconds": train_seconds}
         metrics, plot_data = evaluate(model, test_loader, baseline.means(), seed)
-        batch_categories = train_loader.categories("batch")
         var_names = {name: train_loader.var_names(name) for name in widths}
     metrics.update(
         data=str(data_path),
         split=split,
         n_train=int(train_rows.size),
         n_test=int(test_rows.size),
-        n_cell_types=int(np.unique(plot_data["cell_type"]).size),
+        inputs_chosen=found.choices,
         features=_describe(features),
         n_genes=widths["GEX"],
         n_peaks=widths["ATAC"],
@@ -294,14 +284,14 @@ def train(
     return metrics
 
 
-def _at_most_width(features, store: MultiomeStore):
+def _at_most_width(features, widths: dict[str, int]):
     """``{"top": k}`` specs capped at their modality's width (a default of 10,000 peaks on a
     narrow file means all of them); other specs unchanged."""
     if not isinstance(features, dict):
         return features
     return {
-        name: {"top": min(spec["top"], store.modalities[name].width)}
-        if isinstance(spec, dict) and set(spec) == {"top"} and name in store.modalities
+        name: {"top": min(spec["top"], widths[name])}
+        if isinstance(spec, dict) and set(spec) == {"top"} and name in widths
         else spec
         for name, spec in features.items()
     }
@@ -318,7 +308,19 @@ def _describe(features) -> str:
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gpuload train`` options."""
-    parser.add_argument("data", metavar="DATA", help="paired GEX + ATAC .h5ad with layers['counts']")
+    parser.add_argument(
+        "data", metavar="DATA", help="paired GEX + ATAC data: .h5ad, .h5mu or 10x .h5 (raw counts)"
+    )
+    for role in ROLE_NAMES:
+        names = ", ".join(ROLE_NAMES[role])
+        parser.add_argument(
+            f"--{role.lower()}", metavar="NAME", help=f"the {role} modality (default: {names})"
+        )
+    parser.add_argument(
+        "--layer",
+        metavar="NAME",
+        help="the layer of raw counts, or X (default: 'counts', else X where integer)",
+    )
     parser.add_argument(
         "--epochs",
         type=int,
@@ -381,9 +383,14 @@ def run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         max_cells=args.max_cells,
         umap=not args.no_umap,
+        gex=args.gex,
+        atac=args.atac,
+        layer=args.layer,
     )
     if "rank" in m:  # a data-parallel worker: rank 0 reports
         return 0
+    for line in m["inputs_chosen"]:
+        print(line)
     print(f"report: {Path(args.out) / 'report.md'}")
     for line in summary_lines(m):
         print(line)
