@@ -251,14 +251,15 @@ class LoaderOptions:
             positive_int("num_samples", self.num_samples)
 
     def _check_selection(self) -> None:
-        """modalities, layer, transform, obs_keys, obsm_keys, subset and split, as far as they can
-        be checked without the file."""
-        if not (
-            self.modalities is None or isinstance(self.modalities, str) or names(self.modalities, empty=True)
-        ):
+        """modalities, layer, feature_type_key, transform, obs_keys, obsm_keys and split, as far as
+        they can be checked without the file."""
+        m = self.modalities
+        if not (m is None or isinstance(m, str) or names(m, empty=True) or names(m, empty=True, keyed=True)):
             raise ArgumentError(
-                f"modalities must be a name, a sequence of names, 'all' or None, got {self.modalities!r}"
+                f"modalities must be a name, a sequence of names, {{key: name}}, 'all' or None, got {m!r}"
             )
+        if not isinstance(self.feature_type_key, str):
+            raise ArgumentError(f"feature_type_key must be a var column name, got {self.feature_type_key!r}")
         layers = self.layer.values() if isinstance(self.layer, Mapping) else [self.layer]
         if not all(v is None or isinstance(v, str) for v in layers):
             raise ArgumentError(
