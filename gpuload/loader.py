@@ -211,10 +211,11 @@ class MultiomeLoader:
         generator: torch.Generator | None = None,
         **dataloader_keywords,
     ) -> None:
+        # Every argument by name (a comprehension's first iterable is evaluated in this scope).
         given = {k: v for k, v in locals().items() if k not in ("self", "data", "dataloader_keywords")}
         self.options = o = LoaderOptions.from_arguments(**given, **dataloader_keywords)
-        for name in ("batch_size", "prefetch", "num_threads", "drop_last", "dtype", "pipeline", "output"):
-            setattr(self, name, getattr(o, name))  # the options a loader's users read
+        self.batch_size, self.prefetch, self.num_threads = o.batch_size, o.prefetch, o.num_threads
+        self.drop_last, self.dtype, self.pipeline, self.output = o.drop_last, o.dtype, o.pipeline, o.output
         self.batch_transform, self.backend = o.batch_transform, get_backend(o.device)
         self._owns_store = owns_store = not isinstance(data, MultiomeStore)
         opened = {"layer": o.layer, "feature_type_key": o.feature_type_key, "cache_dir": o.cache_dir}
