@@ -218,8 +218,13 @@ class MultiomeLoader:
         self.drop_last, self.dtype, self.pipeline, self.output = o.drop_last, o.dtype, o.pipeline, o.output
         self.batch_transform, self.backend = o.batch_transform, get_backend(o.device)
         self._owns_store = owns_store = not isinstance(data, MultiomeStore)
-        opened = {"layer": o.layer, "feature_type_key": o.feature_type_key, "cache_dir": o.cache_dir}
-        self.store = open_multiome(data, **opened) if owns_store else data
+        self.store: MultiomeStore = (
+            data
+            if isinstance(data, MultiomeStore)
+            else open_multiome(
+                data, layer=o.layer, feature_type_key=o.feature_type_key, cache_dir=o.cache_dir
+            )
+        )
         try:
             frames = ObsFrames(self.backend)
             self.plan = build_plan(

@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +81,8 @@ class LoaderOptions:
     shuffle: bool | str | None = "auto"  # "auto": True, or the sampler's order
     drop_last: bool = False
     seed: int | None = None  # None: 0
-    modalities: str | Sequence[str] | Mapping[str, str] | None = None
-    layer: str | Mapping[str, str | None] | None = None
+    modalities: Any = None  # a name, names, {key: name}, "all" or None
+    layer: str | dict | None = None
     feature_type_key: str = "feature_types"
     transform: Any = None
     features: Any = None
@@ -93,8 +93,10 @@ class LoaderOptions:
     device: str | torch.device | Backend = "auto"
     chunk_size: int = 256
     window: int = 16
-    prefetch: int | None = None  # None: 2
-    num_threads: int | None = None  # None: every core
+    prefetch: int = DEFAULT_PREFETCH
+    num_threads: int = field(
+        default_factory=lambda: os.cpu_count() or 1
+    )  # every core: the loader alone is fastest
     preload: bool | str = "auto"
     pipeline: str = "native"
     rank: int | None = None
@@ -146,6 +148,9 @@ class LoaderOptions:
             )
         if generator is not None:
             arguments["seed"] = seed_of(generator, arguments)
+        for name in ("prefetch", "num_threads"):  # None: the default
+            if name in arguments and arguments[name] is None:
+                del arguments[name]
         unknown = sorted(set(arguments) - {f.name for f in fields(cls)})
         if unknown:
             raise TypeError(f"MultiomeLoader() got unexpected keyword arguments {unknown}")
@@ -239,14 +244,15 @@ class LoaderOptions:
             object.__setattr__(self, "batch_size", None)
 
     def _check_weights(self) -> None:
-        if isinstance(self.weights, str):
+        weights = self.weights
+        if weights is None or isinstance(weights, str):
             return
-        if np.ndim(self.weights) != 1:
+        if np.ndim(weights) != 1:
             raise ArgumentError(
                 f"weights must hold one weight per selected cell (1-D, aligned with loader.positions), "
-                f"got shape {np.shape(self.weights)}"
+                f"got shape {np.shape(weights)}"
             )
-        weight_array(self.weights, len(self.weights))
+        weight_array(weights, len(weights))
         if self.num_samples is not None:
             positive_int("num_samples", self.num_samples)
 
@@ -308,12 +314,13 @@ class LoaderOptions:
             )
 
     def epoch_sampler(
-        self, positions: np.ndarray, obs: pd.DataFrame, path: Path
+        self, positions: np.ndarray, obs: pd.DataFrame, path: Path | str
     ) -> EpochSampler | UserSampler:
         """The order these options ask for over the selected file rows ``positions`` (``obs`` and
         ``path``: the store's, for ``weights=`` naming an obs column): gpuload's own
         (:class:`~gpuload.sampler.EpochSampler`, sharded over the DDP ranks) or the user's."""
         if self.sampler is None and self.batch_sampler is None:
+            assert self.shuffle is not None and self.seed is not None  # filled in by __post_init__
             rank, world_size = distributed_share(self.rank, self.world_size)
             return EpochSampler(
                 positions.size,
@@ -324,7 +331,7 @@ class LoaderOptions:
                 rank,
                 world_size,
                 self.drop_last,
-                weights=cell_weights(self.weights, obs, positions, path),
+                weights=cell_weights(self.weights, obs, positions, Path(path)),
                 num_samples=self.num_samples,
                 replacement=self.replacement,
             )

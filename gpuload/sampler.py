@@ -175,14 +175,16 @@ class EpochSampler:
             return self.length // self.world_size
         return -(-self.length // self.world_size)
 
-    def n_batches(self, batch_size: int, epoch: int = 0) -> int:
-        """Batches of this rank in an epoch (the same in every epoch)."""
+    def n_batches(self, batch_size: int | None, epoch: int = 0) -> int:
+        """Batches of this rank in an epoch (the same in every epoch; ``batch_size`` is None only
+        beside a user's batch sampler, never here)."""
+        assert batch_size is not None
         return self.per_rank // batch_size if self.drop_last else -(-self.per_rank // batch_size)
 
-    def batches(self, epoch: int, batch_size: int) -> list[np.ndarray]:
+    def batches(self, epoch: int, batch_size: int | None) -> list[np.ndarray]:
         """This rank's batches in ``epoch``, as positions in ``range(n)``."""
-        order = self.rank_order(epoch)
-        return [order[i * batch_size : (i + 1) * batch_size] for i in range(self.n_batches(batch_size))]
+        order, n_batches = self.rank_order(epoch), self.n_batches(batch_size)
+        return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]  # type: ignore[operator]
 
     def rank_order(self, epoch: int) -> np.ndarray:
         """This rank's contiguous segment of the (padded or trimmed) epoch order."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import operator
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 
 import numpy as np
 
@@ -82,18 +82,19 @@ class UserSampler:
     ) -> None:
         self.n, self.drop_last, self.chunk_size, self.window = n, drop_last, chunk_size, window
         self.name = "sampler" if batch_sampler is None else "batch_sampler"
-        self.source = sampler if batch_sampler is None else batch_sampler
+        self.source: Iterable = sampler if batch_sampler is None else batch_sampler
         check_user_sampler(self.name, self.source)
-        self._drawn: tuple[int, int, list[np.ndarray]] | None = None  # (epoch, batch_size, batches)
+        self._drawn: tuple[int, int | None, list[np.ndarray]] | None = None  # (epoch, batch_size, batches)
         self._lock = threading.Lock()
 
     def set_epoch(self, epoch: int) -> None:
         """Forward ``epoch`` to the sampler (and a batch sampler's ``.sampler``) that take it."""
         for target in (self.source, getattr(self.source, "sampler", None)):
-            if callable(getattr(target, "set_epoch", None)):
-                target.set_epoch(epoch)
+            set_epoch = getattr(target, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(epoch)
 
-    def batches(self, epoch: int, batch_size: int) -> list[np.ndarray]:
+    def batches(self, epoch: int, batch_size: int | None) -> list[np.ndarray]:
         """The epoch's batches as positions in ``range(n)``, drawn from the sampler on first use."""
         with self._lock:
             if self._drawn is not None and self._drawn[:2] == (epoch, batch_size):
@@ -102,6 +103,7 @@ class UserSampler:
             if self.name == "batch_sampler":
                 batches = [self._batch(b) for b in self.source]
             else:
+                assert batch_size is not None  # only a batch sampler goes without
                 order = selected_indices(list(self.source), self.n, self.name)
                 stop = order.size - order.size % batch_size if self.drop_last else order.size
                 batches = [order[i : i + batch_size] for i in range(0, stop, batch_size)]
@@ -116,15 +118,14 @@ class UserSampler:
             raise ArgumentError("batch_sampler yielded an empty batch; every batch needs a cell")
         return batch
 
-    def n_batches(self, batch_size: int, epoch: int) -> int:
+    def n_batches(self, batch_size: int | None, epoch: int) -> int:
         """Batches in ``epoch``: from the sampler's ``len()`` when it has one (as ``DataLoader``),
         else by drawing the epoch's order."""
         if self._drawn is None or self._drawn[:2] != (epoch, batch_size):
-            try:
-                length = len(self.source)
-            except TypeError:
+            if not isinstance(self.source, Sized):
                 return len(self.batches(epoch, batch_size))
-            if self.name == "batch_sampler":
+            length = len(self.source)
+            if self.name == "batch_sampler" or batch_size is None:
                 return length
             return length // batch_size if self.drop_last else -(-length // batch_size)
         return len(self._drawn[2])

@@ -232,7 +232,7 @@ def test_num_workers_zero_keeps_the_default_threads(tiny):
 
 
 def test_options_are_frozen_and_spelled_once():
-    options = LoaderOptions(shuffle=0, prefetch=None, seed=None)
+    options = LoaderOptions(shuffle=0, seed=None)
     assert (
         options.shuffle is False and options.prefetch == 2 and options.batch_size == 32 and options.seed == 0
     )
