@@ -94,9 +94,8 @@ class LoaderOptions:
     chunk_size: int = 256
     window: int = 16
     prefetch: int = DEFAULT_PREFETCH
-    num_threads: int = field(
-        default_factory=lambda: os.cpu_count() or 1
-    )  # every core: the loader alone is fastest
+    # every core by default: what the loader alone is fastest with
+    num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     preload: bool | str = "auto"
     pipeline: str = "native"
     rank: int | None = None
@@ -127,12 +126,10 @@ class LoaderOptions:
             given = arguments.pop(name, allowed)
             if isinstance(allowed, bool):
                 fits = isinstance(given, bool | np.bool_) and given == allowed
-            else:
-                fits = (
-                    given is allowed
-                    if allowed is None
-                    else type(given) in (int, float, str) and given == allowed
-                )
+            elif allowed is None:
+                fits = given is None
+            else:  # timeout=0 (or 0.0), pin_memory_device=""
+                fits = type(given) in (int, float, str) and given == allowed
             if not fits:
                 raise ArgumentError(
                     f"{name}={given!r} does not apply to gpuload (allowed: {allowed!r}): {why}"
@@ -162,10 +159,8 @@ class LoaderOptions:
         self._check_output()
         for name in ("chunk_size", "window"):
             positive_int(name, getattr(self, name))
-        self._fill("prefetch", DEFAULT_PREFETCH, positive_int)
-        self._fill(
-            "num_threads", os.cpu_count() or 1, positive_int
-        )  # every core: the loader alone is fastest
+        positive_int("prefetch", self.prefetch)
+        positive_int("num_threads", self.num_threads)
         if not (isinstance(self.preload, bool | np.bool_) or self.preload == "auto"):
             raise ArgumentError(f"preload must be True, False or 'auto', got {self.preload!r}")
         if not isinstance(self.device, Backend | torch.device) and not (
@@ -182,13 +177,8 @@ class LoaderOptions:
     def _check_order(self) -> None:
         """batch_size, shuffle, drop_last, seed, the user's sampler, weights and the DDP share."""
         object.__setattr__(self, "drop_last", flag("drop_last", self.drop_last))
-        user = (
-            "sampler"
-            if self.sampler is not None
-            else "batch_sampler"
-            if self.batch_sampler is not None
-            else None
-        )
+        given = [name for name in ("sampler", "batch_sampler") if getattr(self, name) is not None]
+        user = given[0] if given else None
         if user is not None:
             self._check_user_sampler(user)
         if user != "batch_sampler":
