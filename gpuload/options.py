@@ -213,22 +213,32 @@ class LoaderOptions:
                 "sampler= and batch_sampler= are mutually exclusive: a batch sampler orders too"
             )
         check_user_sampler(user, getattr(self, user))
-        conflicts = {
-            "shuffle": self.shuffle != "auto" and shuffle_mode(self.shuffle) is not False,
-            "weights": self.weights is not None,
-            "seed": self.seed is not None,
-            "rank/world_size": self.rank is not None or self.world_size is not None,
+        conflicts = {  # name: (given, what to do instead)
+            "shuffle": (
+                self.shuffle != "auto" and shuffle_mode(self.shuffle) is not False,
+                "leave shuffle out: the sampler's order is delivered",
+            ),
+            "weights": (self.weights is not None, "pass a WeightedRandomSampler as the sampler instead"),
+            "seed": (self.seed is not None, "seed your sampler (a RandomSampler's generator=, say)"),
+            "rank/world_size": (
+                self.rank is not None or self.world_size is not None,
+                "pass a DistributedSampler(num_replicas=, rank=): it shards, and gpuload does not "
+                "shard a sampler's order again",
+            ),
         }
         if user == "batch_sampler":
             # DataLoader's default (1), its "no batching" (None) or gpuload's default stand aside
-            conflicts["batch_size"] = self.batch_size not in (None, 1, DEFAULT_BATCH_SIZE)
-            conflicts["drop_last"] = self.drop_last
-        for name, given in conflicts.items():
+            conflicts["batch_size"] = (
+                self.batch_size not in (None, 1, DEFAULT_BATCH_SIZE),
+                "the batch sampler makes the batches",
+            )
+            conflicts["drop_last"] = (self.drop_last, "give drop_last to the batch sampler (BatchSampler's)")
+        for name, (given, instead) in conflicts.items():
             if given:
+                decides = "the order and the batches" if user == "batch_sampler" else "the order"
                 raise ArgumentError(
-                    f"{user}= decides the order{' and the batches' if user == 'batch_sampler' else ''}, so "
-                    f"{name}= cannot be given with it (DataLoader refuses the same); a DistributedSampler "
-                    "shards for DDP, a seeded generator in your sampler seeds it"
+                    f"{user}= decides {decides}, so {name}= cannot be given with it (DataLoader "
+                    f"refuses the same); {instead}"
                 )
         if user == "batch_sampler":
             object.__setattr__(self, "batch_size", None)
