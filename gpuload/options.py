@@ -1,7 +1,8 @@
 """Every :class:`~gpuload.loader.MultiomeLoader` argument, checked in one place before any file is
 opened: types, ranges and conflicts, each failure an ``ArgumentError`` naming the argument, what was
-given and what is allowed. What needs the file (modality, obs and var names, a subset's or the
-weights' length) is checked by the plan, before any matrix is read.
+given and what is allowed. What needs the file (modality, obs and var names, a subset, a
+``weights=`` array's length) is checked as the plan resolves it (:func:`~gpuload.plan.build_plan`,
+:meth:`LoaderOptions.epoch_sampler`).
 
 ``DataLoader``'s keywords each get a meaning here (:meth:`LoaderOptions.from_arguments`):
 
