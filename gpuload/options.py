@@ -34,7 +34,6 @@ import pandas as pd
 import torch
 
 from gpuload.assembly import OUTPUT_DTYPES, OUTPUTS
-from gpuload.bmmc.schema import SPLITS
 from gpuload.checks import non_negative_int, one_of, positive_int, weight_array
 from gpuload.device import Backend
 from gpuload.errors import ArgumentError
@@ -258,8 +257,8 @@ class LoaderOptions:
             positive_int("num_samples", self.num_samples)
 
     def _check_selection(self) -> None:
-        """modalities, layer, feature_type_key, transform, obs_keys, obsm_keys and split, as far as
-        they can be checked without the file."""
+        """modalities, layer, feature_type_key, transform, obs_keys and obsm_keys, as far as they
+        can be checked without the file (``split`` is the dataset's: the plan checks it)."""
         m = self.modalities
         if not (m is None or isinstance(m, str) or names(m, empty=True) or names(m, empty=True, keyed=True)):
             raise ArgumentError(
@@ -284,8 +283,6 @@ class LoaderOptions:
             value = getattr(self, name)
             if not (value is None and name == "obs_keys" or names(value, empty=True)):
                 raise ArgumentError(f"{name} must be a list of column names, got {value!r}")
-        if self.split is not None:
-            one_of("split", self.split, tuple(SPLITS))
 
     def _check_output(self) -> None:
         """dtype, output, super_batch_bytes, pipeline and batch_transform fit together."""

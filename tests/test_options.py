@@ -94,7 +94,6 @@ BAD = [
     ({"transform": {"GEX": "log2"}}, "unknown transform 'log2'"),
     ({"obs_keys": "cell_type"}, "obs_keys must be a list of column names, got 'cell_type'"),
     ({"obsm_keys": [1]}, "obsm_keys"),
-    ({"split": "holdout"}, "split must be one of"),
     ({"device": "tpu"}, "device must be 'auto', 'cpu', 'cuda', 'cuda:N'.*got 'tpu'"),
     ({"chunk_size": 0}, "chunk_size"),
     ({"window": -2}, "window"),
