@@ -15,7 +15,8 @@ import pytest
 from gpuload.errors import ArgumentError, SchemaError
 from gpuload.reference.inputs import open_training_inputs
 from gpuload.reference.train import train
-from tests.tenx_writer import REAL_H5MU, read_real_pair, real_as_10x_h5, real_as_10x_h5ad
+from tests.conftest import REAL_GEX
+from tests.tenx_writer import REAL_ATAC, REAL_H5MU, read_real_pair, real_as_10x_h5, real_as_10x_h5ad
 
 SHORT = {"epochs": 2, "device": "cpu", "progress": False, "umap": False}
 
@@ -52,6 +53,21 @@ def test_real_h5mu_finds_obs_inside_the_modalities(real_h5mu, tmp_path, one_torc
     assert (m["n_genes"], m["n_peaks"]) == (600, 600) and m["n_cell_types"] > 5
     assert 0 <= m["nmi"] <= 1 and m["asw_batch"] is not None
     assert "What 500 cells can and cannot show" in report and "batch: obs 'GEX:batch'" in report
+
+
+def test_real_pair_of_files_trains_from_the_command_line(tmp_path, capsys, one_torch_thread):
+    """The competition's layout, one h5ad per modality (their cell_type categories in different
+    orders), given to the CLI as NAME=PATH pairs."""
+    from gpuload.cli import main
+
+    if not (REAL_GEX.exists() and REAL_ATAC.exists()):
+        pytest.skip(f"the real starter pair is not in {REAL_GEX.parent}")
+    out = tmp_path / "pair"
+    argv = ["train", f"GEX={REAL_GEX},ATAC={REAL_ATAC}", "--out", str(out), "--epochs", "2", "--no-umap"]
+    assert main([*argv, "--device", "cpu"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["n_train"] + m["n_test"] == 500 and m["n_cell_types"] > 5
+    assert "modalities: GEX = 'GEX', ATAC = 'ATAC'" in capsys.readouterr().out
 
 
 def test_real_10x_h5_without_obs_trains_and_says_what_is_missing(real_pair, tmp_path, one_torch_thread):

@@ -16,6 +16,7 @@ model reads: ``batch["obs"]["batch"]`` / ``["cell_type"]`` / ``["size_factors"]`
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -190,3 +191,13 @@ def library_size_factors(store: MultiomeStore, gex: str, block: int = 4096) -> n
     positive = totals > 0
     mean = totals[positive].mean() if positive.any() else 1.0
     return np.where(positive, totals / mean, 1.0).astype(np.float32)
+
+
+def data_argument(text: str) -> str | dict[str, str]:
+    """``DATA`` of ``gpuload train``: a path, or ``NAME=PATH,NAME=PATH`` for per-modality files."""
+    if "=" not in text:
+        return text
+    pairs = [part.partition("=") for part in text.split(",")]
+    if any(not name or not sep or not path for name, sep, path in pairs):
+        raise argparse.ArgumentTypeError(f"expected a path or NAME=PATH,NAME=PATH, got {text!r}")
+    return {name: path for name, _, path in pairs}

@@ -7,10 +7,9 @@ names, else a seeded random 20%. Files as they are shipped work too: the modalit
 and obs columns are found by role (:mod:`gpuload.reference.inputs`), and the report says what
 was chosen.
 
-Features: by default the loader selects the genes and peaks nonzero in the most training cells
-(``DEFAULT_FEATURES``), as the competition's entries and muon's workflows select features
-before training; the held-out cells are scored on the same features. ``features="all"``
-trains at full width (the natural choice on a GPU).
+Features: by default the genes and peaks nonzero in the most training cells (``DEFAULT_FEATURES``),
+as the competition's entries and muon's workflows select features before training; the held-out
+cells are scored on the same. ``features="all"`` trains at full width (natural on a GPU).
 """
 
 from __future__ import annotations
@@ -30,7 +29,7 @@ from gpuload.checks import one_of, positive_int
 from gpuload.device import gpu_available
 from gpuload.errors import ArgumentError
 from gpuload.loader import MultiomeLoader
-from gpuload.reference.inputs import ROLE_NAMES, open_training_inputs
+from gpuload.reference.inputs import ROLE_NAMES, data_argument, open_training_inputs
 from gpuload.reference.metrics import evaluate
 from gpuload.reference.models import MultiomeVAE, as_dense, log_normalize, size_factors_of
 from gpuload.reference.report import PLOTS, plot_embedding, summary_lines, write_report
@@ -309,7 +308,11 @@ def _describe(features) -> str:
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``gpuload train`` options."""
     parser.add_argument(
-        "data", metavar="DATA", help="paired GEX + ATAC data: .h5ad, .h5mu or 10x .h5 (raw counts)"
+        "data",
+        metavar="DATA",
+        type=data_argument,
+        help="paired GEX + ATAC data: .h5ad, .h5mu or 10x .h5 (raw counts), or one file per modality "
+        "as NAME=PATH,NAME=PATH (e.g. GEX=mod1.h5ad,ATAC=mod2.h5ad)",
     )
     for role in ROLE_NAMES:
         names = ", ".join(ROLE_NAMES[role])
