@@ -25,6 +25,7 @@ from gpuload.errors import (
 )
 from gpuload.formats import DataSource, Modality, MultiomeStore, open_multiome
 from gpuload.loader import MultiomeLoader
+from gpuload.options import LoaderOptions
 
 if TYPE_CHECKING:
     from gpuload.bmmc.synth import write_synthetic
@@ -37,6 +38,7 @@ __all__ = [
     "DeviceError",
     "GpuloadError",
     "InputFileError",
+    "LoaderOptions",
     "Modality",
     "MultiomeLoader",
     "MultiomeStore",

@@ -24,9 +24,8 @@ import numpy as np
 import torch
 
 from gpuload.batch_columns import CategoryStrings, LazyColumns
-from gpuload.checks import positive_int
 from gpuload.device import Backend, Carver, Fence, RunRings, span
-from gpuload.errors import ArgumentError, DataValueError
+from gpuload.errors import DataValueError
 from gpuload.fetch import DeviceBlock
 from gpuload.kernels import arithmetic as ops
 from gpuload.plan import LoaderPlan
@@ -35,16 +34,6 @@ OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OUTPUTS = ("dense", "sparse_csr")
 # Output bytes per super-batch, by face (see benchmarks/RESULTS.md for how they were chosen).
 SUPER_BATCH_BYTES = {"cpu": 128 << 20, "cudasim": 32 << 20, "cuda": 512 << 20}
-
-
-def check_output(dtype: torch.dtype, output: str, super_batch_bytes: int | None) -> None:
-    """What the assembler can produce: an ArgumentError naming the option otherwise."""
-    if dtype not in OUTPUT_DTYPES:
-        raise ArgumentError(f"dtype must be one of {OUTPUT_DTYPES}, got {dtype!r}")
-    if output not in OUTPUTS:
-        raise ArgumentError(f"output must be one of {OUTPUTS}, got {output!r}")
-    if super_batch_bytes is not None:
-        positive_int("super_batch_bytes", super_batch_bytes)
 
 
 @dataclass

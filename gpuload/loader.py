@@ -5,7 +5,9 @@ Data flow of one epoch, as this module composes it:
 1. :func:`~gpuload.plan.build_plan` decided once what to deliver: modalities, cells, column
    layout, transforms with their statistics, obs columns.
 2. :class:`~gpuload.sampler.EpochSampler` gives this rank's order of cells (seed, epoch), cut
-   into batches, and :func:`~gpuload.sampler.load_requests` groups the batches into reads.
+   into batches (or :class:`~gpuload.user_sampler.UserSampler`, the user's ``sampler=`` or
+   ``batch_sampler=``; every argument was checked first, :class:`~gpuload.options.LoaderOptions`),
+   and :func:`~gpuload.sampler.load_requests` groups the batches into reads.
 3. :class:`~gpuload.epoch.EpochRun` runs two background threads: the reader
    (:class:`~gpuload.fetch.BlockFetcher`: file -> device row block) and the assembler
    (:class:`~gpuload.assembly.BatchAssembler`: kernels, obs, masks -> batch dict).
@@ -31,20 +33,20 @@ own epoch and run to its end.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from gpuload.assembly import BatchAssembler, check_output
-from gpuload.checks import non_negative_int, positive_int
+from gpuload.assembly import BatchAssembler
 from gpuload.device import Backend, ObsFrames, RingPool, get_backend
 from gpuload.epoch import EpochRun, LoaderIterator, Position
-from gpuload.errors import ArgumentError, GpuloadError
+from gpuload.errors import GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import DataSource, MultiomeStore, is_file_list, open_multiome
-from gpuload.plan import build_plan, cell_weights
-from gpuload.sampler import EpochSampler, distributed_share, load_requests, resume_point
+from gpuload.options import LoaderOptions
+from gpuload.plan import build_plan
+from gpuload.sampler import load_requests, resume_point
 
 # Runs (iterators that have started) one loader keeps live at once; a new one closes the oldest.
 MAX_LIVE_RUNS = 4
@@ -65,10 +67,16 @@ class MultiomeLoader:
         features (one dataset: their cells one after the other; ``batch["file"]`` indexes
         :attr:`files`), or an open :class:`~gpuload.formats.MultiomeStore`.
     batch_size, shuffle, drop_last
-        As ``torch.utils.data.DataLoader``. ``shuffle`` is ``False``, ``True`` (block shuffle)
-        or ``"full"`` (a true permutation).
-    seed
+        As ``torch.utils.data.DataLoader``. ``batch_size`` (default 32) is not used with
+        ``batch_sampler=``, whose batches are delivered as they come. ``shuffle`` is read as
+        ``DataLoader`` reads it: ``False``, ``0`` or ``None`` (file order), ``True``, ``1`` or
+        ``"block"`` (block shuffle), or ``"full"`` (a true permutation); by default block
+        shuffle, or the order of ``sampler=``.
+        ``state_dict()`` spells each mode one way (``False``, ``True``, ``"full"``).
+    seed, generator
         Orders are a function of (seed, epoch); ``set_epoch`` works like ``DistributedSampler``.
+        ``seed`` defaults to 0; a ``torch.Generator`` passed as ``generator=`` gives the seed
+        instead, drawn from it once, at construction.
     modalities
         ``None`` (every modality of the file, in file order: ``GEX``, ``ATAC`` for BMMC), a
         name, a sequence of names (``("rna", "atac")`` for an ``.h5mu``), ``{key: name}`` (the
@@ -107,13 +115,16 @@ class MultiomeLoader:
         tests, or a :class:`~gpuload.device.Backend`).
     chunk_size, window
         Block-shuffle geometry (rows per contiguous read, chunks per shuffle window).
-    prefetch
-        Super-batches the assembler may hold ready beside the one being handed out (memory is
-        O(window + prefetch * super_batch_bytes)).
-    num_threads
+    prefetch, prefetch_factor
+        Super-batches the assembler may hold ready beside the one being handed out (default 2;
+        memory is O(window + prefetch * super_batch_bytes)). ``prefetch_factor`` is
+        ``DataLoader``'s name for it.
+    num_threads, num_workers
         Threads of the CPU kernel (default: every core; on a busy machine fewer can be faster,
         see ``benchmarks/RESULTS.md``). Training on the same CPU, leave the model some
-        (``gpuload train`` takes half).
+        (``gpuload train`` takes half). ``num_workers=N`` (N > 0) sets it as ``DataLoader``'s
+        worker count would; ``num_workers=0`` keeps the default. Each iterator also runs one
+        reader and one assembler thread, whatever these say.
     preload
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
@@ -144,9 +155,19 @@ class MultiomeLoader:
         loader's stream, before hand-off (its exceptions reach the loop after the batches
         before); not with ``pipeline="dali"``, whose tensors are fixed. Tensors in the
         returned dicts, lists and tuples are handed to the consumer's stream.
-    num_workers, pin_memory
-        Accepted for drop-in compatibility with DataLoader and ignored: gpuload's reader
-        thread replaces worker processes, and outputs are written on the target device.
+    sampler, batch_sampler
+        The user's order, as ``DataLoader`` takes it: any ``torch.utils.data.Sampler`` or
+        iterable of positions (indices into :attr:`positions`), or any iterable of lists of them;
+        gpuload groups the batches into chunked reads and yields them in that order. The sampler
+        gives this rank's share (a ``DistributedSampler`` shards; ``rank``/``world_size`` are
+        refused beside it) and is told ``set_epoch``; not with a true ``shuffle``, ``weights``,
+        ``seed`` or ``generator`` (see :mod:`gpuload.user_sampler`).
+    dataloader_keywords
+        ``DataLoader``'s other keywords, at the value that is what gpuload does
+        (``pin_memory=False``, ``persistent_workers=False``, ``timeout=0``, ``in_order=True``,
+        no ``collate_fn``, ``worker_init_fn``, ``multiprocessing_context`` or
+        ``pin_memory_device``); another value raises an ``ArgumentError`` saying why it does not
+        apply (:data:`gpuload.options.REFUSED`).
     """
 
     def __init__(
@@ -154,9 +175,9 @@ class MultiomeLoader:
         data: DataSource | Sequence[DataSource] | MultiomeStore,
         *,
         batch_size: int = 32,
-        shuffle: bool | str = True,
+        shuffle: bool | str | None = "auto",
         drop_last: bool = False,
-        seed: int = 0,
+        seed: int | None = None,
         modalities: str | Sequence[str] | dict[str, str] | None = None,
         layer: str | None = None,
         feature_type_key: str = "feature_types",
@@ -169,7 +190,7 @@ class MultiomeLoader:
         device: str | torch.device | Backend = "auto",
         chunk_size: int = 256,
         window: int = 16,
-        prefetch: int = 2,
+        prefetch: int | None = None,
         num_threads: int | None = None,
         preload: bool | str = "auto",
         pipeline: str = "native",
@@ -183,57 +204,57 @@ class MultiomeLoader:
         num_samples: int | None = None,
         replacement: bool = True,
         batch_transform: Callable[[dict], dict] | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        sampler: Iterable[int] | None = None,
+        batch_sampler: Iterable[Sequence[int]] | None = None,
+        num_workers: int | None = 0,
+        prefetch_factor: int | None = None,
+        generator: torch.Generator | None = None,
+        **dataloader_keywords,
     ) -> None:
-        self.batch_size = positive_int("batch_size", batch_size)
-        self.prefetch = positive_int("prefetch", prefetch)
-        every_core = os.cpu_count() or 1  # the default: what the loader alone is fastest with
-        self.num_threads = positive_int("num_threads", every_core if num_threads is None else num_threads)
-        self.drop_last = bool(drop_last)
-        seed = non_negative_int("seed", seed)
-        check_output(dtype, output, super_batch_bytes)
-        self.batch_transform = check_pipeline(pipeline, dtype, output, batch_transform)
-        self.dtype, self.pipeline, self.output = dtype, pipeline, output
+        # Every argument by name (a comprehension's first iterable is evaluated in this scope).
+        given = {k: v for k, v in locals().items() if k not in ("self", "data", "dataloader_keywords")}
+        self.options = o = LoaderOptions.from_arguments(**given, **dataloader_keywords)
+        self.batch_size, self.prefetch, self.num_threads = o.batch_size, o.prefetch, o.num_threads
+        self.drop_last, self.dtype, self.pipeline, self.output = o.drop_last, o.dtype, o.pipeline, o.output
+        self.batch_transform, self.backend = o.batch_transform, get_backend(o.device)
         self._owns_store = owns_store = not isinstance(data, MultiomeStore)
-        opened = {"layer": layer, "feature_type_key": feature_type_key, "cache_dir": cache_dir}
-        self.store = open_multiome(data, **opened) if owns_store else data
+        self.store: MultiomeStore = (
+            data
+            if isinstance(data, MultiomeStore)
+            else open_multiome(
+                data, layer=o.layer, feature_type_key=o.feature_type_key, cache_dir=o.cache_dir
+            )
+        )
         try:
-            self.backend = get_backend(device)
             frames = ObsFrames(self.backend)
             self.plan = build_plan(
                 self.store,
-                modalities=modalities,
-                transform=transform,
-                features=features,
-                obs_keys=obs_keys,
-                obsm_keys=obsm_keys,
+                modalities=o.modalities,
+                transform=o.transform,
+                features=o.features,
+                obs_keys=o.obs_keys,
+                obsm_keys=o.obsm_keys,
                 deliver_file=is_file_list(data) or len(self.store.files) > 1,
-                subset=subset,
-                split=split,
+                subset=o.subset,
+                split=o.split,
                 query=frames.query,
             )
-            rank, world_size = distributed_share(rank, world_size)
-            w = cell_weights(weights, self.store.obs, self.positions, self.store.path)
-            order = (self.positions.size, shuffle, chunk_size, window, seed, rank, world_size)
-            self.epoch_sampler = EpochSampler(
-                *order, self.drop_last, weights=w, num_samples=num_samples, replacement=replacement
-            )
+            self.epoch_sampler = o.epoch_sampler(self.positions, self.store.obs, self.store.path)
             self.obs_frame = frames.frame(self.store.obs[list(self.plan.obs_keys)])
             self.assembler = BatchAssembler(
                 self.plan,
                 self.backend,
-                dtype=dtype,
-                output=output,
-                super_batch_bytes=super_batch_bytes,
+                dtype=o.dtype,
+                output=o.output,
+                super_batch_bytes=o.super_batch_bytes,
                 obs_matrices=frames.matrices(self.plan.obs, self.obs_frame),
             )
             self.fetcher = BlockFetcher(
                 self.store,
                 self.backend,
                 self.positions,
-                preload,
-                counts_for=self.plan.layout if output == "sparse_csr" else None,
+                o.preload,
+                counts_for=self.plan.layout if o.output == "sparse_csr" else None,
                 reserve=self.assembler.budget * (self.prefetch + 2),
             )
         except BaseException:
@@ -268,8 +289,7 @@ class MultiomeLoader:
 
     # -- DataLoader semantics ---------------------------------------------------------------
     def __len__(self) -> int:
-        per_rank = self.epoch_sampler.per_rank
-        return per_rank // self.batch_size if self.drop_last else -(-per_rank // self.batch_size)
+        return self.epoch_sampler.n_batches(self.batch_size, self.epoch)
 
     @property
     def epoch(self) -> int:
@@ -298,8 +318,8 @@ class MultiomeLoader:
 
     def batch_rows(self, epoch: int | None = None) -> list[np.ndarray]:
         """The file rows of every batch this rank yields in ``epoch`` (default: the next one)."""
-        order = self.positions[self.epoch_sampler.rank_order(self.epoch if epoch is None else epoch)]
-        return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
+        epoch = self.epoch if epoch is None else epoch
+        return [self.positions[b] for b in self.epoch_sampler.batches(epoch, self.batch_size)]
 
     def __iter__(self) -> LoaderIterator:
         if self._closed:
@@ -309,8 +329,8 @@ class MultiomeLoader:
     def _start_run(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
         """The run of ``epoch`` from batch ``first`` (an iterator's first ``next()``)."""
         batches = self.batch_rows(epoch)[first:]
-        s = self.epoch_sampler
-        requests = load_requests(batches, self.positions, s.chunk_size, s.window, self.batch_size)
+        s, widest = self.epoch_sampler, max((b.size for b in batches), default=1)
+        requests = load_requests(batches, self.positions, s.chunk_size, s.window, widest)
         run = EpochRun(
             requests,
             self.fetcher,
@@ -325,9 +345,7 @@ class MultiomeLoader:
         if self.pipeline == "dali":
             from gpuload.integrations.dali import dali_batches
 
-            source = dali_batches(
-                source, names=self.plan.names, batch_size=self.batch_size, backend=self.backend
-            )
+            source = dali_batches(source, names=self.plan.names, batch_size=widest, backend=self.backend)
         return run, source
 
     def close(self) -> None:
@@ -346,23 +364,3 @@ class MultiomeLoader:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def check_pipeline(pipeline: str, dtype: torch.dtype, output: str, batch_transform) -> Callable | None:
-    """``batch_transform``, once the hand-off options are known to fit together."""
-    if pipeline not in ("native", "dali"):
-        raise ArgumentError(f"pipeline must be 'native' or 'dali', got {pipeline!r}")
-    if batch_transform is not None and not callable(batch_transform):
-        raise ArgumentError(
-            f"batch_transform must be a callable batch -> batch or None, got {batch_transform!r}"
-        )
-    if pipeline == "dali":
-        from gpuload.integrations.dali import check_batches
-
-        check_batches(dtype, output)
-        if batch_transform is not None:
-            raise ArgumentError(
-                "batch_transform cannot be used with pipeline='dali': DALI hands over a fixed set of "
-                "named tensors; transform the batches DALI yields, or use pipeline='native'"
-            )
-    return batch_transform

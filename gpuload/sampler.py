@@ -6,9 +6,9 @@ mid-epoch resume and exact DDP sharding possible.
 
 Orders
 ------
-``shuffle=False``
+``shuffle=False`` (also ``0`` and ``None``, as ``DataLoader`` reads them)
     File order.
-``shuffle=True`` (block shuffle)
+``shuffle=True`` (also ``1`` and ``"block"``: block shuffle)
     The rows are cut into chunks of ``chunk_size`` consecutive rows; the chunks are permuted;
     consecutive groups of ``window`` chunks form windows, and the rows inside a window are
     permuted. A window is read from disk in ``window`` contiguous pieces, and every batch
@@ -44,10 +44,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from gpuload.checks import non_negative_int, positive_int, weight_array
+from gpuload.checks import is_int, non_negative_int, positive_int, weight_array
 from gpuload.errors import ArgumentError
 
-SHUFFLE_MODES = (False, True, "block", "full")
+# The one spelling of each order, as ``state()`` records it: file order, block shuffle, permutation.
+SHUFFLE_MODES = (False, True, "full")
+
+
+def shuffle_mode(shuffle) -> bool | str:
+    """``shuffle`` as one of :data:`SHUFFLE_MODES`, read as ``DataLoader`` reads it: ``False``,
+    ``0`` and ``None`` are file order, ``True``, ``1`` and ``"block"`` the block shuffle."""
+    if shuffle is None or isinstance(shuffle, bool | np.bool_) or (is_int(shuffle) and shuffle in (0, 1)):
+        return bool(shuffle)
+    if isinstance(shuffle, str) and shuffle in ("block", "full"):
+        return True if shuffle == "block" else shuffle
+    raise ArgumentError(
+        f"shuffle must be False, True, 0, 1, None, 'block' (= True) or 'full', got {shuffle!r}"
+    )
 
 
 def block_shuffle_order(n: int, chunk_size: int, window: int, rng: np.random.Generator) -> np.ndarray:
@@ -73,7 +86,7 @@ class EpochSampler:
     n
         Number of selected cells; orders are positions in ``range(n)``.
     shuffle
-        ``False``, ``True``/``"block"`` or ``"full"`` (see the module docstring).
+        ``False``, ``True`` or ``"full"``, or another spelling of them (:func:`shuffle_mode`).
     chunk_size, window
         Block-shuffle geometry: rows per contiguous chunk, chunks per shuffled window.
     seed
@@ -101,8 +114,7 @@ class EpochSampler:
     replacement: bool = True
 
     def __post_init__(self) -> None:
-        if self.shuffle not in SHUFFLE_MODES:
-            raise ArgumentError(f"shuffle must be one of {SHUFFLE_MODES}, got {self.shuffle!r}")
+        object.__setattr__(self, "shuffle", shuffle_mode(self.shuffle))
         for name in ("chunk_size", "window", "world_size"):
             positive_int(name, getattr(self, name))
         if not 0 <= self.rank < self.world_size:
@@ -163,6 +175,17 @@ class EpochSampler:
             return self.length // self.world_size
         return -(-self.length // self.world_size)
 
+    def n_batches(self, batch_size: int | None, epoch: int = 0) -> int:
+        """Batches of this rank in an epoch (the same in every epoch; ``batch_size`` is None only
+        beside a user's batch sampler, never here)."""
+        assert batch_size is not None
+        return self.per_rank // batch_size if self.drop_last else -(-self.per_rank // batch_size)
+
+    def batches(self, epoch: int, batch_size: int | None) -> list[np.ndarray]:
+        """This rank's batches in ``epoch``, as positions in ``range(n)``."""
+        order, n_batches = self.rank_order(epoch), self.n_batches(batch_size)
+        return [order[i * batch_size : (i + 1) * batch_size] for i in range(n_batches)]  # type: ignore[operator]
+
     def rank_order(self, epoch: int) -> np.ndarray:
         """This rank's contiguous segment of the (padded or trimmed) epoch order."""
         order = self.epoch_order(epoch)
@@ -175,6 +198,7 @@ class EpochSampler:
         """What a checkpoint must agree on with the sampler that resumes it."""
         digest = None if self.weights is None else hashlib.sha1(self.weights.tobytes()).hexdigest()[:16]
         return {
+            "sampler": None,  # gpuload's own order (a user's sampler is named here)
             "seed": self.seed,
             "shuffle": self.shuffle,
             "n_cells": self.n,
@@ -194,7 +218,10 @@ def resume_point(state: dict, mine: dict, n_batches: int) -> tuple[int, int]:
     """(epoch, batches done) of a checkpoint ``state``, checked against ``mine`` (the resuming
     loader's own state: every key but the position must agree) and its ``n_batches``."""
     for key, value in mine.items():
-        if key not in ("epoch", "batches_done") and state.get(key) != value:
+        saved = state.get(key)
+        if key == "shuffle" and key in state:  # checkpoints before one spelling per mode said "block"
+            saved = shuffle_mode(saved)
+        if key not in ("epoch", "batches_done") and saved != value:
             raise ArgumentError(
                 f"load_state_dict: state has {key}={state.get(key)!r} but this loader has {value!r}"
             )

@@ -189,8 +189,8 @@ def test_kept_batches_are_never_overwritten(small_h5ad):
 
 
 def test_dataloader_style_arguments_and_errors(small_h5ad):
-    loader = MultiomeLoader(small_h5ad, batch_size=100, device="cpu", num_workers=4, pin_memory=True)
-    assert loader.batch_size == 100 and len(loader) == 6
+    loader = MultiomeLoader(small_h5ad, batch_size=100, device="cpu", num_workers=4, pin_memory=False)
+    assert loader.batch_size == 100 and len(loader) == 6 and loader.num_threads == 4
     for bad in (0, -1, 2.5, True, "8"):
         with pytest.raises(ArgumentError, match="batch_size"):
             MultiomeLoader(small_h5ad, batch_size=bad)

@@ -18,9 +18,7 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
-import torch
-
-from gpuload.errors import ArgumentError, DeviceError
+from gpuload.errors import DeviceError
 
 if TYPE_CHECKING:
     from gpuload.device import Backend
@@ -37,16 +35,6 @@ def _import_dali():
             f"pipeline='dali' needs NVIDIA DALI, which is not installed; {DALI_INSTALL_HINT}"
         ) from e
     return fn, pipeline_def, DALIGenericIterator
-
-
-def check_batches(dtype: torch.dtype, output: str) -> None:
-    """What this hand-off can carry: dense batches of a dtype DALI has (it has no bfloat16)."""
-    if dtype == torch.bfloat16:
-        raise ArgumentError(
-            "pipeline='dali' cannot carry bfloat16 (DALI has no such type); use float16 or float32"
-        )
-    if output != "dense":
-        raise ArgumentError(f"pipeline='dali' carries dense batches only; use output='dense', not {output!r}")
 
 
 def dali_batches(

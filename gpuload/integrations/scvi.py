@@ -115,7 +115,7 @@ class ScviDataModule(MultiomeDataModule):
         """obs[key] of the selected cells, in file order."""
         # MultiomeLoader.store is inferred as its constructor argument's union until loader.py
         # annotates it (issue 25's options object rewrites that constructor)
-        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]  # type: ignore[union-attr]
+        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]
 
     def _categories(self, key: str, argument: str) -> np.ndarray:
         try:
