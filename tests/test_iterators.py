@@ -78,7 +78,8 @@ def test_zip_of_a_loader_with_itself_gives_every_pair(tiny, device):
     assert len(pairs) == len(loader) == 15
     left = [_checked(a, x) for a, _ in pairs]
     right = [_checked(b, x) for _, b in pairs]
-    _once_each(left) and _once_each(right)
+    _once_each(left)
+    _once_each(right)
     for a, b in zip(left, right, strict=True):  # both iterators deliver the same epoch
         np.testing.assert_array_equal(a, b)
     assert [b["index"].tolist() for b in loader] != [r.tolist() for r in left]  # then the next epoch
