@@ -172,12 +172,12 @@ def _weights(model) -> torch.Tensor:
 
 @pytest.mark.skipif(SCVI_VERSION < (1, 5), reason="PEAKVI takes registry= from scvi-tools 1.5")
 def test_peakvi_on_atac_with_default_early_stopping(cells):
+    scvi.settings.seed = 0  # the weights' initialisation: with the loader's seed, a repeatable run
     dm = ScviDataModule(cells, modality="ATAC", batch_key="batch", model_name="PEAKVI", **LOADER)
     model = scvi.model.PEAKVI(registry=dm.registry, n_latent=10)
-    scvi.settings.seed = 0
     model.train(datamodule=dm, max_epochs=30, lr=1e-3, **TRAIN)  # early_stopping=True: PEAKVI's default
     assert len(model.history["reconstruction_loss_validation"]) > 0
     z = model.get_latent_representation(dataloader=dm.inference_dataloader())
     score, control = _nmi_against_control(z, ad.read_h5ad(cells).obs["cell_type"].astype(str).to_numpy())
     print(f"PEAKVI latent (ATAC): KMeans NMI {score:.3f}, shuffled-label control {control:.3f}")
-    assert score > 1.5 * control  # ATAC's cell-type signal is weaker than GEX's (SCVI: > control + 0.4)
+    assert score > control + 0.15  # 300 peaks carry less of the cell type than 200 genes (SCVI: + 0.4)
