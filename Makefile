@@ -10,7 +10,7 @@ DEMO_DIR ?= demo_out
 # The 500 real BMMC cells of the shared reference folder (an .h5mu; any file gpuload reads works).
 REAL_DATA ?= ../shared/data/bmmc_multiome_starter.h5mu
 
-.PHONY: help venv install dev demo demo-real test test-latest test-all test-cudasim test-dali test-gpu lint format bench clean
+.PHONY: help venv install train dev demo demo-real test test-latest test-all test-cudasim test-dali test-gpu lint format bench clean
 
 help:
 	@echo "make demo      synthetic BMMC-shaped data, loader benchmark, short VAE training run"
@@ -18,7 +18,7 @@ help:
 	@echo "make test      the test suite (CPU path, CUDA simulator, DALI CPU pipeline)"
 	@echo "make test-all  the test suite including slow tests"
 	@echo "make test-latest  the file-reading and scvi/Lightning tests on Python 3.12 + the newest releases"
-	@echo "make lint      ruff check + format check"
+	@echo "make lint      ruff check + format check, mypy over the package"
 	@echo "make bench     the full loader comparison (benchmarks/)"
 
 $(BIN)/python:
@@ -30,14 +30,21 @@ $(VENV)/.installed-base: $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The reference model's libraries (scikit-learn, umap-learn, matplotlib): `make demo` trains it.
+$(VENV)/.installed-train: $(VENV)/.installed-base
+	$(BIN)/python -m pip install -q -e ".[train]"
+	touch $@
+
+# The dev extra includes the train extra: the tests train and score the reference model.
 $(VENV)/.installed-dev: $(VENV)/.installed-base
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
 install: $(VENV)/.installed-base
+train: $(VENV)/.installed-train
 dev: $(VENV)/.installed-dev
 
-demo: $(VENV)/.installed-base
+demo: $(VENV)/.installed-train
 	$(BIN)/python -m gpuload.reference.demo --out $(DEMO_DIR)
 
 demo-real: $(VENV)/.installed-base
@@ -61,6 +68,7 @@ test-gpu: $(VENV)/.installed-dev
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check gpuload tests benchmarks
 	$(BIN)/ruff format --check gpuload tests benchmarks
+	$(BIN)/mypy gpuload
 
 format: $(VENV)/.installed-dev
 	$(BIN)/ruff format gpuload tests benchmarks
@@ -78,7 +86,7 @@ PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shel
 # only torch itself and triton are downloaded (about 0.8 GB). See the README for a CPU torch.
 LATEST_VENV ?= .venv-latest
 LATEST_TORCH ?= torch==2.14.1
-LATEST_PACKAGES = anndata pandas mudata scvi-tools lightning scanpy pytest pytest-timeout pytest-xdist hypothesis
+LATEST_PACKAGES = anndata pandas mudata scvi-tools lightning scanpy scikit-learn pytest pytest-timeout pytest-xdist hypothesis
 LATEST_TESTS = tests/test_store.py tests/test_sources.py tests/test_modality_files.py tests/test_tenx.py \
 	tests/test_real_layouts.py tests/test_lightning.py tests/test_lightning_datamodule.py tests/test_scvi.py
 
@@ -104,4 +112,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/compare.py --out bench_out
 
 clean:
-	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -3,13 +3,15 @@
     NUMBA_ENABLE_CUDASIM=0 python benchmarks/kernel_resources.py [--json]
 
 numba compiles each kernel to PTX (NVVM) for sm_80 and sm_90 with the argument types the
-assembler launches it with; ``ptxas -v`` (on PATH, else the one in the nvidia-cuda-nvcc wheel)
-assembles it and reports registers, spills and static shared memory. Occupancy is the CUDA
-occupancy calculator's, from those and the launch geometry of :func:`gpuload.kernels.cuda.launch`:
-resident blocks per SM are the fewest allowed by threads (2,048 per SM), blocks (32 per SM),
-registers (65,536 per SM, allocated per warp in units of 256) and shared memory (164 KiB on
-sm_80, 228 KiB on sm_90, 1 KiB reserved per block, 128-byte units); occupancy is their warps over
-64. ``f64_instructions`` counts PTX lines computing in float64 (none for float32 data and output).
+assembler launches it with, under the launch bounds of its dispatcher for that output dtype
+(:class:`gpuload.kernels.cuda.PerOutputDtype`: threads per block, blocks per SM); ``ptxas -v``
+(on PATH, else the one in the nvidia-cuda-nvcc wheel) assembles it and reports registers, spills
+and static shared memory. Occupancy is the CUDA occupancy calculator's, from those and the launch
+geometry of :func:`gpuload.kernels.cuda.launch`: resident blocks per SM are the fewest allowed by
+threads (2,048 per SM), blocks (32 per SM), registers (65,536 per SM, allocated per warp in units
+of 256) and shared memory (164 KiB on sm_80, 228 KiB on sm_90, 1 KiB reserved per block, 128-byte
+units); occupancy is their warps over 64. ``f64_instructions`` counts PTX lines computing in
+float64 (none for float32 data and output).
 ``--json`` prints the rows as JSON (what tests/test_kernels.py checks).
 """
 
@@ -25,6 +27,8 @@ import subprocess
 import tempfile
 import types
 from pathlib import Path
+
+import numpy as np
 
 ARCHES = {(8, 0): 164 * 1024, (9, 0): 228 * 1024}  # compute capability: shared memory per SM
 THREADS_PER_SM, BLOCKS_PER_SM, WARPS_PER_SM, REGISTERS_PER_SM = 2048, 32, 64, 65536
@@ -111,9 +115,14 @@ def measure() -> list[dict]:
         current.compute_capability = cc
         for dtypes in DTYPES:
             for name, signature in signatures(*dtypes).items():
-                ptx, _ = cuda.compile_ptx(getattr(kernels, name).py_func, signature, cc=cc)
+                kernel = getattr(kernels, name)
+                dtype = np.dtype(dtypes[2])
+                bounds = kernel.launch_bounds[dtype]
+                source = kernel.dispatchers[dtype].py_func
+                ptx, _ = cuda.compile_ptx(source, signature, cc=cc, launch_bounds=bounds)
                 row = {"kernel": name, "dtypes": "/".join(dtypes), "arch": f"sm_{cc[0]}{cc[1]}"}
                 row["threads"] = threads[name]
+                row["launch_bounds"] = list(bounds)
                 row["f64_instructions"] = sum(".f64" in line for line in ptx.splitlines())
                 if ptxas:
                     row.update(assemble(ptxas, ptx, cc))
@@ -136,6 +145,7 @@ def main(argv: list[str] | None = None) -> None:
         "dtypes",
         "arch",
         "threads",
+        "launch_bounds",
         "registers",
         "spill_stores",
         "spill_loads",
@@ -147,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|" + "---|" * (len(columns) + 1))
     for row in rows:
         cells = [str(row.get(c, "n/a")) for c in columns]
+        cells[columns.index("launch_bounds")] = "{}, {}".format(*row["launch_bounds"])
         cells.append(f"{row['occupancy']:.1%}" if "occupancy" in row else "n/a")
         print("| " + " | ".join(cells) + " |")
 

@@ -4,9 +4,16 @@
 ...                                 transform={"GEX": "log1p_size_factor", "ATAC": "binarize"})
 >>> for batch in loader:
 ...     batch["GEX"], batch["ATAC"], batch["obs"]["cell_type"]
+
+``import gpuload`` loads the readers and the loader only: the synthetic writer (anndata's
+writers, tqdm) loads on first use of :func:`write_synthetic`, and the integrations
+(``gpuload.lightning``, ``gpuload.scvi``, DALI) and the reference model on their own import.
 """
 
-from gpuload.bmmc.synth import write_synthetic
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from gpuload.errors import (
     ArgumentError,
     DataValueError,
@@ -16,16 +23,21 @@ from gpuload.errors import (
     ObsKeyError,
     SchemaError,
 )
-from gpuload.formats import MultiomeStore, open_multiome
+from gpuload.formats import DataSource, Modality, MultiomeStore, open_multiome
 from gpuload.loader import MultiomeLoader
+
+if TYPE_CHECKING:
+    from gpuload.bmmc.synth import write_synthetic
 
 __version__ = "0.1.0"
 __all__ = [
     "ArgumentError",
+    "DataSource",
     "DataValueError",
     "DeviceError",
     "GpuloadError",
     "InputFileError",
+    "Modality",
     "MultiomeLoader",
     "MultiomeStore",
     "ObsKeyError",
@@ -33,3 +45,16 @@ __all__ = [
     "open_multiome",
     "write_synthetic",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``gpuload.write_synthetic`` imports the generator (anndata's writers, tqdm) when first asked for."""
+    if name == "write_synthetic":
+        from gpuload.bmmc.synth import write_synthetic
+
+        return write_synthetic
+    raise AttributeError(f"module 'gpuload' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -115,10 +115,10 @@ class BatchAssembler:
         }
         built = obs_matrices or {}
         with backend.device_context(), backend.on_stream():
-            device = {k: built.get(k) for k in host}
+            device: dict[str, torch.Tensor] = {}
             for k, a in host.items():
-                if device[k] is None:
-                    device[k] = backend.upload(np.ascontiguousarray(a), k)
+                given = built.get(k)
+                device[k] = given if given is not None else backend.upload(np.ascontiguousarray(a), k)
             self.lasting = {k: backend.kernel_view(t) for k, t in device.items()}
             self.obsm = {k: backend.upload(a, f"obsm {k}") for k, a in plan.obsm.items()}
             self.ready = backend.fence("assembler inputs")  # every run's compute stream waits on it
@@ -135,10 +135,12 @@ class BatchAssembler:
         if self.output == "dense":
             row_bytes = self.width * torch.empty(0, dtype=self.kernel_dtype).element_size()
         else:  # a CSR entry is an int64 column and a value
+            assert block.counts is not None, "the fetcher counts a block's values for the sparse output"
             per_row = block.counts.sum() / max(1, block.counts.shape[0])
             row_bytes = max(1.0, per_row) * (8 + torch.empty(0, dtype=self.kernel_dtype).element_size())
         limit = max(1, int(self.budget // row_bytes))
-        group, rows = [], 0
+        group: list[np.ndarray] = []
+        rows = 0
         for batch in batches:
             if group and rows + batch.size > limit:
                 yield group
@@ -175,7 +177,7 @@ class BatchAssembler:
             rows_on_device = meta[n : 2 * n]
             obsm = {k: b.take_rows(m, rows_on_device, f"obsm {k}") for k, m in self.obsm.items()}
             fence = b.fence("super-batch")
-            if slot is not None:
+            if rings is not None and slot is not None:
                 rings.meta.release(slot, fence)
         present = buffers["present"].view(torch.bool)
         obs = (buffers["obs_f"], buffers["obs_i"], buffers["obs_u"].view(torch.bool))
@@ -196,7 +198,7 @@ class BatchAssembler:
                 batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
             out.append(batch)
         handed = (meta, *buffers.values(), *obsm.values())
-        return Assembled(out, fence, handed, None, *status, rows, batch_of)
+        return Assembled(out, fence, handed, None, status[0], status[1], rows, batch_of)
 
     def _status(self, buffers: dict, rings: RunRings | None) -> tuple[np.ndarray, Fence | None]:
         """The kernel's row status on its way to the host (page-locked, no wait), and the event
@@ -207,7 +209,7 @@ class BatchAssembler:
         slot, buffer = rings.status.take(4 * buffers["status"].numel()) if rings is not None else (None, None)
         host = b.status_to_host(buffers.pop("status"), buffer)
         fence = b.fence("status copied")
-        if slot is not None:
+        if rings is not None and slot is not None:
             rings.status.release(slot, fence)
         return host, fence
 
@@ -215,7 +217,7 @@ class BatchAssembler:
         """``assembled`` with its status read: the batches before the first bad row's batch and
         that row's error. Waits for the status copy (on a GPU, usually long passed: the
         assembler runs ahead), so call it where the batches are about to be handed out."""
-        if assembled.status is None:
+        if assembled.status is None or assembled.rows is None or assembled.batch_of is None:
             return assembled
         self.backend.wait_host(assembled.status_fence)
         self.backend.note_host("host_read", "status", arrays=(assembled.status,))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 
 from gpuload.device import Backend
@@ -44,7 +44,7 @@ class _LedgerQueue(queue.Queue):
 
 
 class Background:
-    """Runs an iterator in a daemon thread and hands its items over through a bounded queue.
+    """Runs a generator in a daemon thread and hands its items over through a bounded queue.
 
     An exception in the thread is re-raised in the consumer; setting ``stop`` ends the thread
     at its next item (every wait polls it, so nothing blocks forever). The thread starts at
@@ -52,7 +52,7 @@ class Background:
     """
 
     def __init__(
-        self, items: Iterator, maxsize: int, name: str, stop: threading.Event, backend: Backend
+        self, items: Generator, maxsize: int, name: str, stop: threading.Event, backend: Backend
     ) -> None:
         self._queue = _LedgerQueue(maxsize, name, backend)
         self._stop, self._backend = stop, backend
@@ -71,7 +71,7 @@ class Background:
                 continue
         return False
 
-    def _run(self, items: Iterator) -> None:
+    def _run(self, items: Generator) -> None:
         try:
             for item in items:
                 if not self._put(item):

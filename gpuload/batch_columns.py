@@ -54,7 +54,8 @@ class CategoryStrings:
             return self[:] == list(other)
         return NotImplemented
 
-    __hash__ = None  # compares like a list, so unhashable like one
+    # Compares like a list, so unhashable like one (typeshed types object.__hash__ as always callable).
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return repr(self[:])

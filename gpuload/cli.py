@@ -150,11 +150,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("train", help="train the multimodal VAE through the loader and evaluate it")
-    from gpuload.reference.train import add_train_arguments
-
-    add_train_arguments(p)
-    p.set_defaults(func=cmd_train)
+    try:
+        from gpuload.reference.train import add_train_arguments
+    except ModuleNotFoundError as e:  # the base install: the reference model's libraries are an extra
+        p.add_argument("args", nargs=argparse.REMAINDER)
+        p.set_defaults(func=_missing_train_extra, missing=str(e))
+    else:
+        add_train_arguments(p)
+        p.set_defaults(func=cmd_train)
     return parser
+
+
+def _missing_train_extra(args: argparse.Namespace) -> int:
+    print(
+        f"gpuload: error: train needs the reference model's libraries ({args.missing}); "
+        "install them with: pip install 'gpuload[train]'",
+        file=sys.stderr,
+    )
+    return EXIT_BAD_INPUT
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,7 +29,7 @@ import atexit
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 
 import numba
 import torch
@@ -127,12 +127,15 @@ class EpochRun:
     def __iter__(self) -> Iterator[dict]:
         backend, assembler, rings = self.assembler.backend, self.assembler, self.rings
 
-        def read_groups() -> Iterator:
+        def read_groups() -> Generator:
             with backend.device_context():
-                yield from self.fetcher.blocks(self.requests, rings and rings.reads, self.stopped)
+                yield from self.fetcher.blocks(
+                    self.requests, rings.reads if rings is not None else None, self.stopped
+                )
 
-        def assemble_batches(groups: Background) -> Iterator[Assembled]:
-            numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))
+        def assemble_batches(groups: Background) -> Generator[Assembled, None, None]:
+            # numba sets its config attributes at import time: its module declares none of them
+            numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
             with backend.device_context():
                 for block, request in groups:
                     assembler.take_block(block)
@@ -224,7 +227,7 @@ class LoaderIterator:
         """End the run now: its threads stopped and joined, its rings given back (idempotent)."""
         if self.closed_because is None:
             self.closed_because = because
-        if self._batches is not None:
+        if self._batches is not None and self.run is not None:  # both set by the first next()
             close = getattr(self._batches, "close", None)
             if close is not None:
                 close()

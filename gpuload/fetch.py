@@ -105,10 +105,11 @@ class BlockFetcher:
         with self._preloading:
             if self.preload and self.preloaded is None:
                 self.preloaded = self._try_preload(ring)
+        preloaded = self.preloaded  # None unless a preload was wanted and fitted
         for request in requests:
             if stopped.is_set():
                 return
-            yield (self.preloaded if self.preload else self.read(request.rows, ring)), request
+            yield (preloaded if preloaded is not None else self.read(request.rows, ring)), request
 
     # -- streaming ----------------------------------------------------------------------------
     def read(self, rows: np.ndarray, ring: PinnedRing | None) -> DeviceBlock:
@@ -117,14 +118,14 @@ class BlockFetcher:
             slot, buffer = self._take(ring, rows)
             host = self._read(rows, buffer, "block read")
             block = self._upload(host, "block")
-            if slot is not None:
+            if ring is not None and slot is not None:
                 ring.release(slot, block.ready)
             return block
 
     def _take(self, ring: PinnedRing | None, rows: np.ndarray) -> tuple[int | None, np.ndarray | None]:
         """A slot of ``ring`` for a read of ``rows``, or (None, None) where the read allocates."""
         size = self._read_size(rows, ring)
-        return ring.take(size) if size else (None, None)
+        return ring.take(size) if ring is not None and size else (None, None)
 
     def _read(self, rows: np.ndarray, buffer: np.ndarray | None, name: str) -> RowBlock:
         if buffer is None:
@@ -138,7 +139,7 @@ class BlockFetcher:
         dense file (its reader allocates) and for float16 values (widened after the read)."""
         nnz = self.store.stored_values(rows)
         enc = self.store.encoding
-        if ring is None or nnz is None or enc.dtype.itemsize < 4:
+        if ring is None or nnz is None or enc.index_dtype is None or enc.dtype.itemsize < 4:
             return 0
         return Carver.size_of([(nnz, enc.index_dtype), (nnz, enc.dtype)])
 
@@ -151,8 +152,8 @@ class BlockFetcher:
             )
         )
         ready = b.fence(f"{name} copied")
-        views = (b.kernel_view(t) for t in tensors)
-        return DeviceBlock(host.rows, *views, self._counts(host), tensors, ready)
+        indptr, indices, data = (b.kernel_view(t) for t in tensors)
+        return DeviceBlock(host.rows, indptr, indices, data, self._counts(host), tensors, ready)
 
     def _counts(self, host: RowBlock) -> np.ndarray | None:
         if self.counts_for is None:
@@ -182,23 +183,23 @@ class BlockFetcher:
 
     def _fits(self) -> bool:
         nnz = self.store.stored_values(self.positions)
-        if nnz is None:
-            return False
         enc = self.store.encoding
+        if nnz is None or enc.index_dtype is None:
+            return False
         need = nnz * (enc.dtype.itemsize + enc.index_dtype.itemsize) + 8 * (self.positions.size + 1)
         return need + self.reserve < PRELOAD_SHARE * self.backend.free_memory()
 
     def _preload(self, ring: PinnedRing | None) -> DeviceBlock:
         """Read the selection in pieces through ``ring`` into one device block."""
         b, rows = self.backend, self.positions
-        if ring is None or self._read_size(rows, ring) == 0:  # one read where no buffer is page-locked
-            return self._upload(self.store.read_block(rows), "preload")
         nnz = self.store.stored_values(rows)
+        if ring is None or nnz is None or self._read_size(rows, ring) == 0:  # no buffer is page-locked
+            return self._upload(self.store.read_block(rows), "preload")
         enc = self.store.encoding
         indices = b.empty(nnz, torch.from_numpy(np.empty(0, enc.index_dtype)).dtype, "preload indices")
         data = b.empty(nnz, torch.from_numpy(np.empty(0, enc.dtype)).dtype, "preload data")
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
-        counts = []
+        counts: list[np.ndarray] = []
         for start in range(0, rows.size, PRELOAD_PIECE):
             piece = rows[start : start + PRELOAD_PIECE]
             slot, buffer = self._take(ring, piece)
@@ -210,9 +211,11 @@ class BlockFetcher:
             b.upload_into(data[lo:hi], host.data, "preload data")
             if slot is not None:
                 ring.release(slot, b.fence("preload piece copied"))
-            counts.append(self._counts(host))
+            if (piece_counts := self._counts(host)) is not None:
+                counts.append(piece_counts)
         block_counts = None if self.counts_for is None else np.concatenate(counts)
         device_indptr = b.upload(indptr, "preload indptr")
         tensors = (device_indptr, indices, data)
-        views = (b.kernel_view(t) for t in tensors)
-        return DeviceBlock(rows, *views, block_counts, tensors, b.fence("preload copied"))
+        device_indptr, device_indices, device_data = (b.kernel_view(t) for t in tensors)
+        ready = b.fence("preload copied")
+        return DeviceBlock(rows, device_indptr, device_indices, device_data, block_counts, tensors, ready)

@@ -111,9 +111,9 @@ class MultiomeLoader:
         Super-batches the assembler may hold ready beside the one being handed out (memory is
         O(window + prefetch * super_batch_bytes)).
     num_threads
-        Threads of the CPU kernel (default: every core; with super-batches of many rows, 2
-        threads on 2 cores measured 1.4-1.7x one). Training on the same CPU, leave the model
-        some (``gpuload train`` takes half).
+        Threads of the CPU kernel (default: every core; on a busy machine fewer can be faster,
+        see ``benchmarks/RESULTS.md``). Training on the same CPU, leave the model some
+        (``gpuload train`` takes half).
     preload
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.

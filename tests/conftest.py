@@ -13,11 +13,13 @@ import pytest
 import scipy.sparse as sp
 
 from gpuload.bmmc.synth import write_synthetic
-from gpuload.device import simulator_enabled
+from gpuload.device import SimulatedCudaBackend, simulator_enabled
 
 REAL_GEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "bmmc_multiome_starter_gex.h5ad"
 SMALL = {"n_cells": 600, "n_genes": 120, "n_peaks": 900}
 PARTS = (0, 250, 420, 600)  # the small file cut in three (the ``parts`` fixture)
+# The ``tiny_h5ad`` file: narrow, since the simulator runs every CUDA thread in Python.
+TINY = {"n_cells": 120, "n_genes": 30, "n_peaks": 90}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -48,6 +50,20 @@ def data_dir(tmp_path_factory) -> Path:
 def small_h5ad(data_dir) -> Path:
     """600 cells x (120 genes + 900 peaks), CSR float32."""
     return write_synthetic(data_dir / "small.h5ad", **SMALL, seed=1, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_h5ad(data_dir) -> Path:
+    """120 cells x (30 genes + 90 peaks), CSR float32: for the simulated GPU face."""
+    return write_synthetic(data_dir / "tiny.h5ad", **TINY, seed=5, progress=False)
+
+
+def recording_backend() -> SimulatedCudaBackend:
+    """A simulated GPU face whose ledger records from the start: the happens-before checker and
+    the stream tests need every operation."""
+    backend = SimulatedCudaBackend()
+    backend.ledger.record = True
+    return backend
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,11 @@ import torch
 
 from gpuload import MultiomeLoader
 from gpuload.batch_columns import LazyColumns
-from gpuload.device import SimulatedCudaBackend, check
+from gpuload.device import check
 from gpuload.epoch import tensors_of
 from gpuload.errors import ArgumentError
+
+from .conftest import recording_backend
 
 KWARGS = dict(batch_size=50, shuffle=True, seed=3, obs_keys=["cell_type"], chunk_size=16, window=4)
 
@@ -116,8 +118,7 @@ def test_the_transform_runs_on_the_loader_stream_and_the_hand_off_waits_for_it(s
     """Ledger order: each batch's transform op (on the compute stream, in the assembler thread),
     then a "batch transform" event, which is the event the consumer's hand-off of that
     super-batch waits on; and the happens-before checker finds the whole run ordered."""
-    backend = SimulatedCudaBackend()
-    backend.ledger.record = True
+    backend = recording_backend()
 
     def transform(batch):
         first = int(batch["index"][0])

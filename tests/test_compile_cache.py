@@ -22,9 +22,11 @@ loader = gpuload.MultiomeLoader(sys.argv[1], batch_size=16, shuffle=False, devic
                                 obs_keys=[])
 batch = next(iter(loader))
 stats = cpu.gather_rows.stats
+dispatchers = [d for kernel in (cuda.gather_rows, cuda.fill_rows) for d in kernel.dispatchers.values()]
 print(json.dumps({"sum": float(batch["GEX"].sum()), "hits": sum(stats.cache_hits.values()),
                   "misses": sum(stats.cache_misses.values()), "package": gpuload.__file__,
-                  "cuda_cache": cuda.gather_rows.stats.cache_path}))
+                  "cuda_caches": [d.stats.cache_path for d in dispatchers],
+                  "cuda_names": [d.py_func.__qualname__ for d in dispatchers]}))
 """
 
 
@@ -40,7 +42,8 @@ def test_edited_arithmetic_is_recompiled_not_served_stale(tmp_path, small_h5ad):
     """Fresh processes on a copy of the package: the second is served from the cache; after an
     edit to arithmetic.py (which cpu.py inlines, unknown to numba's own staleness check), the
     third compiles again and computes the edited arithmetic. Nothing is written into the package.
-    (The CUDA kernels are only checked to cache in the same folder: compiling them needs a GPU.)"""
+    (The CUDA kernels' dispatchers are only checked to cache in the same folder, under names of
+    their own: compiling them needs a GPU.)"""
     package = tmp_path / "site"
     shutil.copytree(ROOT / "gpuload", package / "gpuload", ignore=shutil.ignore_patterns("__pycache__"))
     cache = tmp_path / "user-cache"
@@ -62,7 +65,12 @@ def test_edited_arithmetic_is_recompiled_not_served_stale(tmp_path, small_h5ad):
     first, second = run(), run()
     assert first["package"].startswith(str(package))
     keyed = cache / "numba" / f"gpuload-kernels-{compile_cache.sources_key()}"
-    assert Path(first["cuda_cache"]).is_relative_to(keyed)  # the CUDA kernels cache there too
+    # Every CUDA dispatcher (one per kernel and output dtype) caches there too, each under a name
+    # of its own: numba names a cache index after the function, and keys it on argument types only.
+    assert all(Path(path).is_relative_to(keyed) for path in first["cuda_caches"])
+    assert sorted(first["cuda_names"]) == [
+        f"{kernel}_{dtype}" for kernel in ("fill_rows", "gather_rows") for dtype in ("float32", "float64")
+    ]
     assert first["misses"] > 0 and first["hits"] == 0
     assert second["hits"] > 0 and second["misses"] == 0 and second["sum"] == first["sum"]
 

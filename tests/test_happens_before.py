@@ -10,13 +10,12 @@ import pytest
 import torch
 
 from gpuload import MultiomeLoader
-from gpuload.bmmc.synth import write_synthetic
-from gpuload.device import RingPool, SimulatedCudaBackend, StreamFace, check
+from gpuload.device import RingPool, StreamFace, check
 from gpuload.device.backend import spans
 from gpuload.device.ledger import DeviceOp
 from gpuload.device.pinned import PinnedRing, RunRings
 
-N_GENES, N_PEAKS = 30, 90
+from .conftest import recording_backend
 
 
 def op(kind, stream="compute", thread="T", reads=(), writes=(), event=0, peer="", address=0, size=0):
@@ -81,13 +80,6 @@ def test_waiting_on_an_event_never_recorded_is_reported():
 
 
 # -- every loader configuration on the simulated GPU face -------------------------------------
-@pytest.fixture(scope="module")
-def tiny(data_dir):
-    return write_synthetic(
-        data_dir / "tiny-hb.h5ad", n_cells=120, n_genes=N_GENES, n_peaks=N_PEAKS, seed=5, progress=False
-    )
-
-
 def _options(output, preload, extra):
     options = dict(
         batch_size=8,
@@ -146,14 +138,13 @@ CONFIGURATIONS = [
 
 @pytest.mark.cudasim
 @pytest.mark.parametrize("output, preload, extra", CONFIGURATIONS)
-def test_every_configuration_is_ordered(tiny, output, preload, extra):
+def test_every_configuration_is_ordered(tiny_h5ad, output, preload, extra):
     """Two epochs, a zipped pair of iterators and an abandoned one, checked by the checker; the
     batches equal the CPU face's."""
     options = _options(output, preload, extra)
-    want = list(MultiomeLoader(tiny, device="cpu", **options))
-    backend = SimulatedCudaBackend()
-    backend.ledger.record = True
-    loader = MultiomeLoader(tiny, device=backend, **options)
+    want = list(MultiomeLoader(tiny_h5ad, device="cpu", **options))
+    backend = recording_backend()
+    loader = MultiomeLoader(tiny_h5ad, device=backend, **options)
     got = list(loader)
     for a, b in zip(want, got, strict=True):
         _same(a, b)
@@ -168,26 +159,24 @@ def test_every_configuration_is_ordered(tiny, output, preload, extra):
 
 @pytest.mark.cudasim
 @pytest.mark.dali
-def test_the_dali_pipeline_is_ordered(tiny):
+def test_the_dali_pipeline_is_ordered(tiny_h5ad):
     pytest.importorskip("nvidia.dali")
     options = _options("dense", False, "plain")
-    backend = SimulatedCudaBackend()
-    backend.ledger.record = True
-    want = list(MultiomeLoader(tiny, device="cpu", **options))
-    got = list(MultiomeLoader(tiny, device=backend, pipeline="dali", **options))
+    backend = recording_backend()
+    want = list(MultiomeLoader(tiny_h5ad, device="cpu", **options))
+    got = list(MultiomeLoader(tiny_h5ad, device=backend, pipeline="dali", **options))
     for a, b in zip(want, got, strict=True):
         _same(a, b)
     assert check(backend.ledger.ops) == []
 
 
 # -- broken variants: each must be caught ------------------------------------------------------
-def _run_broken(tiny, **kw):
+def _run_broken(tiny_h5ad, **kw):
     """Two epochs and a zipped pair on 60 cells: 4 read groups per run, so each ring slot is
     reused within a run (across runs a join already orders the reuse)."""
-    backend = SimulatedCudaBackend()
-    backend.ledger.record = True
+    backend = recording_backend()
     options = {**_options("dense", False, "plain"), "subset": np.arange(0, 120, 2), **kw}
-    loader = MultiomeLoader(tiny, device=backend, **options)
+    loader = MultiomeLoader(tiny_h5ad, device=backend, **options)
     list(loader)
     list(zip(loader, loader, strict=True))
     return {v.rule for v in check(backend.ledger.ops)}
@@ -209,26 +198,26 @@ def _hand_off_without(skip: str):
 
 
 @pytest.mark.cudasim
-def test_the_correct_loader_passes_the_variant_harness(tiny):
-    assert _run_broken(tiny, dtype=torch.float16) == set()
+def test_the_correct_loader_passes_the_variant_harness(tiny_h5ad):
+    assert _run_broken(tiny_h5ad, dtype=torch.float16) == set()
 
 
 @pytest.mark.cudasim
-def test_a_missing_wait_is_caught(tiny, monkeypatch):
+def test_a_missing_wait_is_caught(tiny_h5ad, monkeypatch):
     """With float32 alone the consumer's read of the status (after the kernel) would order it;
     the wait protects the work after the status: here the float16 cast."""
     monkeypatch.setattr(StreamFace, "hand_off", _hand_off_without("wait"))
-    assert "read-after-write" in _run_broken(tiny, dtype=torch.float16)
+    assert "read-after-write" in _run_broken(tiny_h5ad, dtype=torch.float16)
 
 
 @pytest.mark.cudasim
-def test_a_missing_record_stream_is_caught(tiny, monkeypatch):
+def test_a_missing_record_stream_is_caught(tiny_h5ad, monkeypatch):
     monkeypatch.setattr(StreamFace, "hand_off", _hand_off_without("record_stream"))
-    assert "foreign-stream" in _run_broken(tiny)
+    assert "foreign-stream" in _run_broken(tiny_h5ad)
 
 
 @pytest.mark.cudasim
-def test_a_ring_slot_reused_without_waiting_is_caught(tiny, monkeypatch):
+def test_a_ring_slot_reused_without_waiting_is_caught(tiny_h5ad, monkeypatch):
     take = PinnedRing.take
 
     def take_without_waiting(self, nbytes):
@@ -236,20 +225,20 @@ def test_a_ring_slot_reused_without_waiting_is_caught(tiny, monkeypatch):
         return take(self, nbytes)
 
     monkeypatch.setattr(PinnedRing, "take", take_without_waiting)
-    assert "write-after-access" in _run_broken(tiny)
+    assert "write-after-access" in _run_broken(tiny_h5ad)
 
 
 @pytest.mark.cudasim
-def test_one_status_slot_fewer_is_caught(tiny, monkeypatch):
+def test_one_status_slot_fewer_is_caught(tiny_h5ad, monkeypatch):
     def short(cls, backend, prefetch):
         return cls(PinnedRing(backend), PinnedRing(backend, prefetch + 2), PinnedRing(backend, prefetch + 1))
 
     monkeypatch.setattr(RunRings, "for_run", classmethod(short))
-    assert "write-after-access" in _run_broken(tiny, super_batch_bytes=8 * 120 * 4)
+    assert "write-after-access" in _run_broken(tiny_h5ad, super_batch_bytes=8 * 120 * 4)
 
 
 @pytest.mark.cudasim
-def test_an_unjoined_run_sharing_its_rings_is_caught(tiny, monkeypatch):
+def test_an_unjoined_run_sharing_its_rings_is_caught(tiny_h5ad, monkeypatch):
     """A run whose rings another run gets while it may still write them (what a new iterator
     that stops the old one without joining it, and reuses its buffers, amounts to)."""
     shared = {}
@@ -260,4 +249,4 @@ def test_an_unjoined_run_sharing_its_rings_is_caught(tiny, monkeypatch):
 
     monkeypatch.setattr(RingPool, "lease", lease_shared)
     monkeypatch.setattr(RingPool, "give_back", lambda self, rings: None)
-    assert "write-after-access" in _run_broken(tiny, super_batch_bytes=8 * 120 * 4)
+    assert "write-after-access" in _run_broken(tiny_h5ad, super_batch_bytes=8 * 120 * 4)

@@ -12,27 +12,23 @@ import numpy as np
 import pytest
 
 from gpuload import MultiomeLoader
-from gpuload.bmmc.synth import write_synthetic
 from gpuload.device import SimulatedCudaBackend, check
 from gpuload.errors import GpuloadError
 from gpuload.loader import MAX_LIVE_RUNS
 
-N_GENES, N_PEAKS = 30, 90  # narrow: the simulator runs every CUDA thread in Python
+from .conftest import TINY, recording_backend
+
+N_GENES = TINY["n_genes"]
 FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir):
-    path = write_synthetic(
-        data_dir / "tiny-iter.h5ad", n_cells=120, n_genes=N_GENES, n_peaks=N_PEAKS, seed=9, progress=False
-    )
-    return path, ad.read_h5ad(path).X.toarray()
+def tiny(tiny_h5ad):
+    return tiny_h5ad, ad.read_h5ad(tiny_h5ad).X.toarray()
 
 
 def _loader(path, device, **kw):
-    backend = SimulatedCudaBackend() if device == "cudasim" else device
-    if device == "cudasim":
-        backend.ledger.record = True
+    backend = recording_backend() if device == "cudasim" else device
     options = dict(batch_size=8, shuffle=True, seed=3, device=backend, obs_keys=["cell_type"], chunk_size=8)
     return MultiomeLoader(path, **{**options, "window": 2, "super_batch_bytes": 2 * 8 * 120 * 4, **kw})
 

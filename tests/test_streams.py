@@ -19,8 +19,10 @@ import torch
 
 from gpuload import MultiomeLoader
 from gpuload.bmmc.synth import write_synthetic
-from gpuload.device import SimulatedCudaBackend, check
+from gpuload.device import check
 from gpuload.device.happens_before import drains
+
+from .conftest import recording_backend
 
 pytestmark = pytest.mark.cudasim
 N_GENES, N_PEAKS = 40, 200  # narrow: the simulator runs every CUDA thread in Python
@@ -36,8 +38,7 @@ def narrow_h5ad(data_dir):
 
 def _loader(path, **kw):
     """A cudasim loader whose backend records from the start (the checker needs every event)."""
-    backend = SimulatedCudaBackend()
-    backend.ledger.record = True
+    backend = recording_backend()
     kwargs = dict(
         batch_size=8,
         shuffle=True,

@@ -405,7 +405,9 @@ def write_synthetic(
         obsm.attrs.update({"encoding-type": "dict", "encoding-version": "0.1.0"})
         x_writer = _MatrixWriter(f, "X", shape, x_format, np.dtype(dtype), kwargs)
         counts_writer = _MatrixWriter(layers, "counts", shape, x_format, np.dtype(dtype), kwargs)
-        activity_writer = _MatrixWriter(obsm, "ATAC_gene_activity", (n_cells, 0), "csr", np.float32, {})
+        activity_writer = _MatrixWriter(
+            obsm, "ATAC_gene_activity", (n_cells, 0), "csr", np.dtype(np.float32), {}
+        )
         starts = range(0, n_cells, chunk_cells)
         for start in tqdm(starts, desc=f"synth {path.name}", unit="chunk", disable=not progress):
             rows = slice(start, min(start + chunk_cells, n_cells))

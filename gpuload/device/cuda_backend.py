@@ -73,6 +73,7 @@ class CudaBackend(StreamFace):
         target.copy_(torch.from_numpy(host), non_blocking=True)
 
     def status_to_host(self, status: torch.Tensor, slot: np.ndarray | None) -> np.ndarray:
+        assert slot is not None, "a stream face copies the status into a page-locked slot"
         host = slot[: status.numel() * 4].view(np.int32)
         self._copy_note("d2h", "status", status, host)
         torch.from_numpy(host).copy_(status, non_blocking=True)  # page-locked: no host wait

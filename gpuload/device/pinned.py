@@ -17,8 +17,9 @@ import threading
 from dataclasses import dataclass
 
 import numpy as np
+import numpy.typing as npt
 
-from gpuload.device.backend import Backend
+from gpuload.device.backend import Backend, Fence
 
 ALIGN = 256  # bytes: device copies and numpy views start on this boundary
 GROWTH = 1 << 23  # buffers grow in steps of 8 MiB, so a slowly growing request does not re-pin each time
@@ -30,7 +31,7 @@ class PinnedRing:
     def __init__(self, backend: Backend, slots: int = 2) -> None:
         self.backend = backend
         self.buffers: list[np.ndarray | None] = [None] * slots
-        self.fences: list[object | None] = [None] * slots
+        self.fences: list[Fence | None] = [None] * slots
         self.next = 0
 
     @property
@@ -52,7 +53,7 @@ class PinnedRing:
             buffer = self.buffers[slot] = self.backend.staging(-(-max(nbytes, 1) // GROWTH) * GROWTH)
         return slot, buffer
 
-    def release(self, slot: int, fence) -> None:
+    def release(self, slot: int, fence: Fence | None) -> None:
         """The copies out of (or into) ``slot``'s buffer are ordered before ``fence`` (None: the
         slot's reuse is ordered otherwise, see :class:`RunRings`)."""
         self.fences[slot] = fence
@@ -74,7 +75,7 @@ class Carver:
     def __init__(self, buffer: np.ndarray) -> None:
         self.buffer, self.offset = buffer, 0
 
-    def __call__(self, n: int, dtype) -> np.ndarray:
+    def __call__(self, n: int, dtype: npt.DTypeLike) -> np.ndarray:
         dtype = np.dtype(dtype)
         start = -(-self.offset // ALIGN) * ALIGN
         stop = start + n * dtype.itemsize
@@ -84,7 +85,7 @@ class Carver:
         return self.buffer[start:stop].view(dtype)
 
     @staticmethod
-    def size_of(parts: list[tuple[int, np.dtype]]) -> int:
+    def size_of(parts: list[tuple[int, npt.DTypeLike]]) -> int:
         """Bytes :meth:`__call__` needs for these (count, dtype) allocations, in order."""
         return sum(n * np.dtype(d).itemsize for n, d in parts) + ALIGN * len(parts)
 

@@ -60,6 +60,7 @@ class SimulatedCudaBackend(StreamFace):
         return out
 
     def status_to_host(self, status: torch.Tensor, slot: np.ndarray | None) -> np.ndarray:
+        assert slot is not None, "a stream face copies the status into a page-locked slot"
         host = slot[: status.numel() * 4].view(np.int32)
         self._copy_note("d2h", "status", status, host)
         host[:] = status.numpy()

@@ -16,7 +16,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 from numba import njit
-from tqdm.auto import tqdm
 
 from gpuload.errors import ArgumentError, SchemaError
 from gpuload.formats.csr import CsrRows, checked_indptr
@@ -40,6 +39,8 @@ def _scatter_columns(col_indptr, row_ids, values, col_offset, cursor, out_indice
 
 def _build_csr_sidecar(group: h5py.Group, shape: tuple[int, int], folder: Path, label: str) -> None:
     """Transpose an on-disk CSC matrix into row-major .npy files, reading it in column blocks."""
+    from tqdm.auto import tqdm  # the progress bar of a rare, long build: not worth loading with gpuload
+
     n_cells, n_vars = shape
     col_indptr = checked_indptr(group, n_vars + 1, label)
     nnz = int(col_indptr[-1])

@@ -38,7 +38,7 @@ class DirectArray:
     HDF5 walks its chunk index and cache for every chunk it reads, holding the GIL; anndata
     writes sparse arrays in ~40 KB chunks, so a 4 MB span is ~100 trips through that machinery.
     Reading the bytes straight into the output buffer (offsets from ``chunk_iter``; the GIL is
-    released during each system call) measured 1.6x h5py's rate here (4.9 vs 3.0 GB/s). A short
+    released during each system call) is faster (``benchmarks/store_reads.py`` times it). A short
     read is an ``OSError``, never a crash (a memory map of a file truncated under it would be).
     """
 
@@ -84,7 +84,9 @@ class DirectArray:
             chunk = pos // self.chunk_len
             n = min((chunk + 1) * self.chunk_len, hi) - pos
             dest = raw[(pos - lo) * item : (pos - lo + n) * item]
-            got = os.preadv(self.fd, [dest], int(self.offsets[chunk]) + (pos - chunk * self.chunk_len) * item)
+            at = int(self.offsets[chunk]) + (pos - chunk * self.chunk_len) * item
+            # numpy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
+            got = os.preadv(self.fd, [dest], at)  # type: ignore[list-item]
             if got != dest.size:
                 raise OSError(f"short read ({got} of {dest.size} bytes): the file was truncated")
             pos += n

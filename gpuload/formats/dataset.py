@@ -8,9 +8,10 @@ Which format a file is comes from what the file says (a MuData file's root ``enc
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -66,7 +67,7 @@ def open_multiome(
     return open_one(_source(data), lazy=False)
 
 
-def is_file_list(data) -> bool:
+def is_file_list(data: object) -> TypeGuard[Iterable[DataSource]]:
     """Whether ``data`` names several files (a list, tuple, array or Series of paths)."""
     return isinstance(data, (Sequence, np.ndarray, pd.Series)) and not isinstance(data, (str, bytes))
 

@@ -66,4 +66,4 @@ def shape_of(node: h5py.Group | h5py.Dataset, encoding: Encoding, where: str) ->
         raise SchemaError(f"{where} has a shape attribute {raw!r}; expected two integers") from None
     if len(shape) != 2:
         raise SchemaError(f"{where} has shape {shape}; expected a 2-D cells x features matrix")
-    return shape  # type: ignore[return-value]
+    return shape

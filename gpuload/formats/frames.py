@@ -13,7 +13,7 @@ from gpuload.errors import SchemaError
 from gpuload.formats.types import Modality
 
 
-def read_obs(f: h5py.File, path: Path) -> pd.DataFrame:
+def read_obs(f: h5py.File, path: Path | str) -> pd.DataFrame:
     """The obs frame (one row per cell)."""
     return _read_frame(f, "obs", str(path), "expected an AnnData .h5ad")
 

@@ -122,8 +122,9 @@ def _open(path: Path, file: h5py.File, layer, cache_dir, lazy: bool, readers: li
     obs = pd.concat([obs, pd.DataFrame(pulled, index=obs.index)], axis=1) if pulled else obs
     var = pd.concat(vars_, join="outer")
     key = ";".join(encodings) if isinstance(layer, dict) else "X" if layer is None else f"layers/{layer}"
-    encoding = combined_encoding(list(encodings.values()), np.int32 if offset < 2**31 else np.int64)
-    reader = PairedRows(parts, encoding.dtype, encoding.index_dtype)
+    index_dtype = np.dtype(np.int32 if offset < 2**31 else np.int64)
+    encoding = combined_encoding(list(encodings.values()), index_dtype)
+    reader = PairedRows(parts, encoding.dtype, index_dtype)
     mod_obsm = {f"{m}:{k}": (m, k) for m in names for k in obsm_keys_of(file["mod"][m])}
 
     def obsm(name: str) -> np.ndarray:

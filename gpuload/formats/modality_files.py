@@ -95,9 +95,8 @@ def _paired_store(source: ModalityFiles, stores: dict[str, MultiomeStore]) -> Mu
         parts.append(PairedModality(store.reader, offset, local[name]))
         modalities[name] = Modality(name, np.arange(offset, offset + store.n_vars, dtype=np.int64))
         offset += store.n_vars
-    encoding = combined_encoding(
-        [s.encoding for s in stores.values()], np.int32 if offset < 2**31 else np.int64
-    )
+    index_dtype = np.dtype(np.int32 if offset < 2**31 else np.int64)
+    encoding = combined_encoding([s.encoding for s in stores.values()], index_dtype)
     obsm_of = {f"{name}:{key}": (name, key) for name, store in stores.items() for key in store.obsm_keys}
 
     def obsm(key: str) -> np.ndarray:
@@ -118,7 +117,7 @@ def _paired_store(source: ModalityFiles, stores: dict[str, MultiomeStore]) -> Mu
         modalities,
         paired_obs({name: s.obs for name, s in stores.items()}, local, cells),
         pd.concat([s.var for s in stores.values()], join="outer"),
-        PairedRows(parts, encoding.dtype, encoding.index_dtype),
+        PairedRows(parts, encoding.dtype, index_dtype),
         encodings={f"{name} {s.path}:{k}": e for name, s in stores.items() for k, e in s.encodings.items()},
         layers=[layer for layer in first.layers if all(layer in s.layers for s in stores.values())],
         obsm_keys=list(obsm_of),
@@ -171,14 +170,14 @@ def paired_obs(
     for column, names in holders.items():
         groups.setdefault(tuple(names), []).append(column)
     parts = []
-    for names, columns in groups.items():
-        if len(names) == 1:
+    for group, columns in groups.items():
+        if len(group) == 1:
             parts.append(
-                per_cell(frames[names[0]][columns], local[names[0]], cells).add_prefix(f"{names[0]}:")
+                per_cell(frames[group[0]][columns], local[group[0]], cells).add_prefix(f"{group[0]}:")
             )
         else:
-            parts.append(_first_holders({n: frames[n][columns] for n in names}, local, cells))
-    order = [c if len(names) > 1 else f"{names[0]}:{c}" for c, names in holders.items()]
+            parts.append(_first_holders({n: frames[n][columns] for n in group}, local, cells))
+    order = [c if len(held) > 1 else f"{held[0]}:{c}" for c, held in holders.items()]
     return pd.concat(parts, axis=1)[order] if parts else pd.DataFrame(index=cells)
 
 

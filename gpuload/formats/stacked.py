@@ -68,8 +68,9 @@ class StackedRows:
 
     def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
         parts = self._by_file(rows)
-        sizes = [self.stores[i].stored_values(local) if self.direct[i] else None for i, local in parts]
-        if None not in sizes:  # each file reads straight into its slice
+        counted = [self.stores[i].stored_values(local) if self.direct[i] else None for i, local in parts]
+        sizes = [n for n in counted if n is not None]
+        if len(sizes) == len(counted):  # each file reads straight into its slice
             indices, data = (
                 empty(sum(sizes), self.encoding.index_dtype),
                 empty(sum(sizes), self.encoding.dtype),
@@ -89,7 +90,7 @@ class StackedRows:
                 indices[at : at + n], data[at : at + n] = b.indices, b.data
                 at += n
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
-        np.cumsum(np.concatenate([np.diff(b.indptr) for b in blocks] or [[]]), out=indptr[1:])
+        np.cumsum(np.concatenate([np.diff(b.indptr) for b in blocks] or [indptr[:0]]), out=indptr[1:])
         return RowBlock(rows, indptr, indices, data)
 
 

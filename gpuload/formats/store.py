@@ -14,16 +14,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 import scipy.sparse as sp
 
 from gpuload.errors import ArgumentError, InputFileError, ObsKeyError
-from gpuload.formats.types import Encoding, Modality, RowBlock, RowReader, kernel_values
+from gpuload.formats.types import Allocator, Encoding, Modality, RowBlock, RowReader, kernel_values
 
 if TYPE_CHECKING:
     import pandas as pd
 
 
-def file_of(file_starts: np.ndarray, rows):
+def file_of(file_starts: np.ndarray, rows: npt.ArrayLike) -> np.ndarray:
     """The file holding each global row: ``files[i]`` holds rows ``file_starts[i]:file_starts[i + 1]``."""
     return np.searchsorted(file_starts, rows, side="right") - 1
 
@@ -63,7 +64,7 @@ class MultiomeStore:
         layers: list[str],
         obsm_keys: list[str],
         read_obsm: Callable[[str], np.ndarray],
-        files: tuple[Path, ...],
+        files: tuple[Path | str, ...],
         file_starts: np.ndarray,
         close: Callable[[], None],
         measured: dict[str, np.ndarray] | None = None,
@@ -94,7 +95,7 @@ class MultiomeStore:
     def __enter__(self) -> MultiomeStore:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -123,7 +124,7 @@ class MultiomeStore:
         only reading them can tell (dense)."""
         return self.reader.stored_values(np.asarray(rows, dtype=np.int64))
 
-    def read_block(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+    def read_block(self, rows: np.ndarray, empty: Allocator = np.empty) -> RowBlock:
         """Full-width CSR of sorted unique ``rows``: the loader's hot path.
 
         ``empty(n, dtype)`` allocates the value and index buffers (pinned memory on the GPU
@@ -137,7 +138,7 @@ class MultiomeStore:
                 f"{self.path}: reading {self.key} failed ({e}); is the file truncated?"
             ) from e
 
-    def read_rows(self, rows) -> dict[str, sp.csr_matrix | np.ndarray]:
+    def read_rows(self, rows: npt.ArrayLike) -> dict[str, sp.csr_matrix | np.ndarray]:
         """Per modality, the requested rows in the requested order (duplicates allowed).
 
         Sparse encodings give a ``scipy.sparse.csr_matrix`` whose columns are that modality's;

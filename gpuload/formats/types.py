@@ -3,10 +3,16 @@ the block of rows a read returns."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import numpy.typing as npt
+
+# ``empty(n, dtype)``: where a read puts its buffers (np.empty, or a page-locked ring's Carver).
+Allocator = Callable[[int, npt.DTypeLike], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -63,7 +69,7 @@ class RowBlock:
 class RowReader(Protocol):
     """What every on-disk encoding's reader offers the store (see :mod:`gpuload.formats.encoding`)."""
 
-    def read(self, rows: np.ndarray, empty=np.empty) -> RowBlock:
+    def read(self, rows: np.ndarray, empty: Allocator = np.empty) -> RowBlock:
         """Full-width CSR of sorted unique ``rows``; ``empty(n, dtype)`` allocates the buffers."""
 
     def stored_values(self, rows: np.ndarray) -> int | None:
@@ -71,6 +77,10 @@ class RowReader(Protocol):
 
     def close(self) -> None:
         """Release what the reader opened itself."""
+
+    @property
+    def sidecar(self) -> Path | None:
+        """The folder of a CSC matrix's row-major copy that the reader reads (None otherwise)."""
 
 
 def row_runs(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -88,18 +98,18 @@ def kernel_values(values: np.ndarray) -> np.ndarray:
     return values.astype(np.float32) if values.dtype == np.float16 else values
 
 
-def combined_encoding(encodings: list[Encoding], index_dtype: np.dtype) -> Encoding:
+def combined_encoding(encodings: list[Encoding], index_dtype: npt.DTypeLike) -> Encoding:
     """What a matrix assembled from several stored ones delivers (the modalities of an .h5mu, the
     files of a dataset): their kind if they share one, else "mixed"; their common value type,
     float16 widened as :func:`kernel_values` widens it; ``index_dtype`` for the column indices."""
     kinds = {e.kind for e in encodings}
-    nnz = [e.nnz for e in encodings]
+    nnz = [e.nnz for e in encodings if e.nnz is not None]
     return Encoding(
         kind=kinds.pop() if len(kinds) == 1 else "mixed",
         dtype=np.result_type(*[np.float32 if e.dtype == np.float16 else e.dtype for e in encodings]),
         index_dtype=np.dtype(index_dtype),
         indptr_dtype=np.dtype(np.int64),
-        nnz=None if None in nnz else int(sum(nnz)),
+        nnz=sum(nnz) if len(nnz) == len(encodings) else None,
         chunks=None,
         compression=None,
     )

@@ -52,7 +52,7 @@ class LightningLoader(MultiomeLoader):
 
 def split_subsets(
     store: MultiomeStore, split, fractions: Sequence[float], seed: int
-) -> tuple[dict[str, object], str]:
+) -> tuple[Mapping[str, object], str]:
     """The cells of each stage (a loader ``subset=``) and a sentence saying how they were chosen.
 
     ``split`` is ``"auto"`` (the competition split by batch when obs ``batch`` has cells in the
@@ -91,7 +91,7 @@ def split_subsets(
     return _random_split(store.n_cells, fractions, seed)
 
 
-def _random_split(n: int, fractions: Sequence[float], seed: int) -> tuple[dict[str, object], str]:
+def _random_split(n: int, fractions: Sequence[float], seed: int) -> tuple[Mapping[str, object], str]:
     share = np.asarray(fractions, dtype=float)
     if share.shape != (3,) or (share < 0).any() or share[0] == 0 or not np.isclose(share.sum(), 1.0):
         raise ArgumentError(

@@ -34,6 +34,7 @@ from math import ceil, floor
 import numpy as np
 import scvi
 import torch
+from scvi.model.base import BaseModelClass
 from scvi.train import SemiSupervisedTrainingPlan
 
 from gpuload.checks import positive_int
@@ -164,7 +165,9 @@ class ScviDataModule(MultiomeDataModule):
 
     def _obs_column(self, key: str):
         """obs[key] of the selected cells, in file order."""
-        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]
+        # MultiomeLoader.store is inferred as its constructor argument's union until loader.py
+        # annotates it (issue 25's options object rewrites that constructor)
+        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]  # type: ignore[union-attr]
 
     def _categories(self, key: str, argument: str) -> np.ndarray:
         try:
@@ -256,7 +259,7 @@ class ScviDataModule(MultiomeDataModule):
     @property
     def registry(self) -> dict:
         """What ``SCVI(registry=...)`` and ``SCANVI(registry=...)`` are built from."""
-        empty = {"data_registry": {}, "state_registry": {}}
+        empty: dict[str, dict] = {"data_registry": {}, "state_registry": {}}
         return {
             "scvi_version": scvi.__version__,
             "model_name": self.model_name,
@@ -325,18 +328,18 @@ class ScviDataModule(MultiomeDataModule):
         the labelled cells) when a batch has unlabelled ones, ``None`` for the second when none
         is labelled; its classifier must not see the unlabelled code."""
         tensors = self.scvi_tensors(batch)
-        if self.labels_key is None or not isinstance(
-            self.trainer.lightning_module, SemiSupervisedTrainingPlan
-        ):
+        plan = getattr(self.trainer, "lightning_module", None)
+        labels = tensors["labels"]
+        if self.labels_key is None or labels is None or not isinstance(plan, SemiSupervisedTrainingPlan):
             return tensors
-        labelled = tensors["labels"][:, 0] != len(self.labels_mapping) - 1
+        labelled = labels[:, 0] != len(self.labels_mapping) - 1
         if bool(labelled.all()):
             return tensors
         if not bool(labelled.any()):
             return tensors, None
         return tensors, {k: None if v is None else v[labelled] for k, v in tensors.items()}
 
-    def load_model(self, model_cls: type, dir_path: str | os.PathLike):
+    def load_model(self, model_cls: type[BaseModelClass], dir_path: str | os.PathLike) -> BaseModelClass:
         """A model saved with ``model.save(dir_path, datamodule=self)``, loaded back. scvi-tools
         (1.4.2 and 1.5.1) hands ``load(datamodule=)`` to the model's ``__init__``: SCANVI takes
         it (and needs it), SCVI and PEAKVI take none and load from their saved registry."""

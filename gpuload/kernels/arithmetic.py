@@ -2,7 +2,7 @@
 
 ``@register_jitable`` functions compile for whichever numba target calls them. The row functions
 below them are plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
-(:mod:`gpuload.kernels.cpu`; as real calls, passing a dozen arrays per stored value costs ~6x)
+(:mod:`gpuload.kernels.cpu`; as real calls, passing a dozen arrays per stored value costs far more)
 and ``@cuda.jit`` device functions for the CUDA kernels (:mod:`gpuload.kernels.cuda`, also run by
 the simulator). The faces differ only in how they split the work: the CPU twin gives a thread
 whole rows (``first=0, step=1``), the CUDA dense kernel gives a thread block one row and strides
@@ -128,7 +128,7 @@ def zero_row(r, first, step, row_out, mod_width, out):
     modality's run: consecutive threads write consecutive columns)."""
     for m in range(mod_width.size):
         start = row_out[r, m]
-        if step == 1:  # one thread per row: a memset (the strided loop is ~3x slower on the CPU)
+        if step == 1:  # one thread per row: a memset (the strided loop is slower on the CPU)
             out[start : start + mod_width[m]] = 0
         else:
             for i in range(_count(first, mod_width[m], step)):

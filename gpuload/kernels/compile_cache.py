@@ -71,10 +71,10 @@ def cached(jit: Callable, config: ModuleType, **options) -> Callable:
         if path is None:
             return jit(**options)(function)
         previous = config.CACHE_DIR
-        config.CACHE_DIR = str(path)
+        config.CACHE_DIR = str(path)  # type: ignore[attr-defined]  # numba's config is filled at import
         try:
             return jit(cache=True, **options)(function)
         finally:
-            config.CACHE_DIR = previous
+            config.CACHE_DIR = previous  # type: ignore[attr-defined]
 
     return decorate

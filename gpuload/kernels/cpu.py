@@ -25,7 +25,7 @@ from gpuload.kernels.arithmetic import (
 )
 from gpuload.kernels.compile_cache import cached
 
-# Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs ~6x.
+# Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs far more.
 zero_row = njit(inline="always")(arithmetic.zero_row)
 scatter_row = njit(inline="always")(arithmetic.scatter_row)
 copy_obs = njit(inline="always")(arithmetic.copy_obs)

@@ -10,6 +10,10 @@
   block capped occupancy at 50% on sm_90, by the limit on blocks per SM). Each round of 32 stored
   values is compacted per modality with a shared-memory rank, so columns stay in file order.
 
+Each kernel is a dispatcher per output dtype (:class:`PerOutputDtype`), under launch bounds that
+cap its registers: float32 output reaches 75% theoretical occupancy in both kernels without a
+spill, float64 output (which needs more registers) what it can without one.
+
 Imported only by the backend when a GPU (or the CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) is in
 use, so a CPU-only install never compiles it; compiled kernels are cached on disk
 (:mod:`gpuload.kernels.compile_cache`). The simulator has no warp intrinsics, hence block-level
@@ -19,6 +23,11 @@ many rounds as its longest row needs, since every thread of a block must reach e
 
 from __future__ import annotations
 
+import inspect
+import types
+from collections.abc import Callable
+
+import numpy as np
 from numba import cuda, int64, uint32
 from numba.cuda.core import config
 
@@ -44,6 +53,40 @@ WARP = 32  # lanes per row of the sparse kernel
 ROWS_PER_BLOCK = 4  # rows (warps) per block of the sparse kernel
 
 
+class PerOutputDtype:
+    """A kernel compiled as one dispatcher per output dtype, each under launch bounds of its own:
+    numba applies a dispatcher's launch bounds to every specialization it compiles, and float64
+    output needs more registers than float32 (libdevice's double ``log1p``), so bounds that give
+    float32 75% occupancy make float64 spill. Each dispatcher compiles a copy of the function
+    named ``<kernel>_<dtype>``, hence caches under a name of its own (numba's cache index keys
+    on the function's name and the argument types, not on the launch bounds). The simulator takes
+    no launch bounds; it runs the same Python either way."""
+
+    def __init__(self, function: Callable, output: str, bounds: dict[str, tuple[int, int]]):
+        self.__name__, self.__doc__ = function.__name__, function.__doc__
+        self.output = list(inspect.signature(function).parameters).index(output)
+        self.launch_bounds = {np.dtype(dtype): bound for dtype, bound in bounds.items()}
+        self.dispatchers = {dtype: self._compile(function, dtype) for dtype in self.launch_bounds}
+
+    def _compile(self, function: Callable, dtype: np.dtype):
+        name = f"{function.__name__}_{dtype.name}"
+        copy = types.FunctionType(function.__code__, function.__globals__, name, function.__defaults__)
+        copy.__qualname__, copy.__doc__ = name, function.__doc__
+        options = {} if config.ENABLE_CUDASIM else {"launch_bounds": self.launch_bounds[dtype]}
+        return cached(cuda.jit, config, **options)(copy)
+
+    def for_args(self, args: tuple):
+        """The dispatcher for the output array among the kernel's ``args``."""
+        return self.dispatchers[args[self.output].dtype]
+
+
+def per_output_dtype(output: str, **bounds: tuple[int, int]) -> Callable[[Callable], PerOutputDtype]:
+    """Decorate a kernel as a :class:`PerOutputDtype`: ``output`` names its output array,
+    ``bounds`` maps each output dtype to (threads per block, blocks per SM), the launch bounds
+    that cap the registers ptxas gives a thread at what that many blocks leave."""
+    return lambda function: PerOutputDtype(function, output, bounds)
+
+
 @cuda.jit(device=True)
 def report_row(r, verdict, w, err, bits, leader, n_mod, present, status):
     """The verdict on row ``r`` of the threads that took it: the highest error code any of them
@@ -59,8 +102,12 @@ def report_row(r, verdict, w, err, bits, leader, n_mod, present, status):
         status[r] = verdict[w, 1]
 
 
+# Launch bounds: the most blocks per SM (highest occupancy) at which ptxas 13 neither spills nor
+# keeps a stack frame on sm_80 and sm_90 (benchmarks/kernel_resources.py; benchmarks/RESULTS.md):
+# float32 output (the default; float16 and bfloat16 compute in it) at 75% in both kernels,
+# float64 output at 62.5% (gather_rows) and 56.25% (fill_rows); 75% for float64 spills 4-24 bytes.
 # fmt: off
-@cached(cuda.jit, config)
+@per_output_dtype("out", float32=(THREADS, 6), float64=(THREADS, 5))
 def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_width, mod_code, mod_threshold,
                 row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i, obs_i_out,
                 obs_u, obs_u_out):
@@ -80,7 +127,7 @@ def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_wi
     report_row(r, verdict, 0, err, bits, tid == 0, mod_width.size, present, status)
 
 
-@cached(cuda.jit, config)
+@per_output_dtype("out_values", float32=(WARP * ROWS_PER_BLOCK, 12), float64=(WARP * ROWS_PER_BLOCK, 9))
 def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code, mod_threshold, row_scale,
               col_weight, cursor, out_indices, out_values, present, status, obs_f, obs_f_out, obs_i,
               obs_i_out, obs_u, obs_u_out):
@@ -153,15 +200,21 @@ def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code
 # fmt: on
 
 
-def launch(kernel, stream, n_rows: int, width: int, args: tuple, *, threads: int = THREADS) -> None:
+def launch(
+    kernel: PerOutputDtype, stream, n_rows: int, width: int, args: tuple, *, threads: int = THREADS
+) -> None:
     """Launch one of this module's kernels over ``n_rows`` super-batch rows (``stream=None``: the
-    default stream, as in the simulator). ``threads``: per block of :func:`gather_rows`, and the
-    lanes per row of :func:`fill_rows` (at most a warp; the simulator takes fewer, so that its
-    tests run several rounds per row; at least MAX_MODALITIES, a lane per modality's counters).
-    The geometry does not depend on the row ``width``."""
+    default stream, as in the simulator), its dispatcher for the output's dtype. ``threads``: per
+    block of :func:`gather_rows` (at most THREADS, its launch bounds), and the lanes per row of
+    :func:`fill_rows` (at most a warp; the simulator takes fewer, so that its tests run several
+    rounds per row; at least MAX_MODALITIES, a lane per modality's counters). The geometry does
+    not depend on the row ``width``."""
+    grid: int
+    block: int | tuple[int, int]
     if kernel is gather_rows:
         grid, block = n_rows, threads
     else:
         lanes = min(max(threads, MAX_MODALITIES), WARP)
         grid, block = -(-n_rows // ROWS_PER_BLOCK), (lanes, ROWS_PER_BLOCK)
-    (kernel[grid, block] if stream is None else kernel[grid, block, stream])(*args)
+    dispatcher = kernel.for_args(args)
+    (dispatcher[grid, block] if stream is None else dispatcher[grid, block, stream])(*args)

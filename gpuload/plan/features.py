@@ -77,6 +77,7 @@ def _top_columns(modality: Modality, spec: Mapping, col_nonzero: np.ndarray | No
         raise ArgumentError(f"{what}: 'top' must be an integer number of features, got {k!r}")
     if not 1 <= k <= modality.width:
         raise ArgumentError(f"{what}: 'top' must be in [1, {modality.width}] (the modality's width), got {k}")
+    assert col_nonzero is not None, "the plan counts nonzeros where a spec needs them (needs_counts)"
     counts = col_nonzero[modality.columns]
     # A stable sort on -count keeps the earlier column first among equal counts.
     chosen = np.argsort(-counts, kind="stable")[: int(k)]

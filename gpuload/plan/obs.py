@@ -64,7 +64,7 @@ def query_mask(obs: pd.DataFrame, expression: str) -> np.ndarray:
 
 
 def subset_positions(
-    obs: pd.DataFrame, subset, split: str | None, path: Path, query: Callable = query_mask
+    obs: pd.DataFrame, subset, split: str | None, path: Path | str, query: Callable = query_mask
 ) -> np.ndarray:
     """Sorted row positions selected by ``subset`` (query string, bool mask or int indices)
     and ``split`` (the competition split by batch); ``query(obs, expression)`` evaluates a
@@ -87,7 +87,7 @@ def subset_positions(
     return positions
 
 
-def _subset_mask(obs: pd.DataFrame, subset, path: Path, query: Callable) -> np.ndarray:
+def _subset_mask(obs: pd.DataFrame, subset, path: Path | str, query: Callable) -> np.ndarray:
     n = len(obs)
     if isinstance(subset, str):
         try:

@@ -18,7 +18,7 @@ from gpuload.errors import ArgumentError, ObsKeyError
 from gpuload.plan.obs import select_columns
 
 
-def cell_weights(weights, obs: pd.DataFrame, positions: np.ndarray, path: Path) -> np.ndarray | None:
+def cell_weights(weights, obs: pd.DataFrame, positions: np.ndarray, path: Path | str) -> np.ndarray | None:
     """float64 weights aligned with ``positions`` (the selected file rows, sorted), or None."""
     if weights is None:
         return None
@@ -27,7 +27,7 @@ def cell_weights(weights, obs: pd.DataFrame, positions: np.ndarray, path: Path) 
     return weight_array(weights, positions.size)
 
 
-def balanced_weights(obs: pd.DataFrame, key: str, positions: np.ndarray, path: Path) -> np.ndarray:
+def balanced_weights(obs: pd.DataFrame, key: str, positions: np.ndarray, path: Path | str) -> np.ndarray:
     """Weights that make every value of obs column ``key`` equally likely among the selected
     cells (0 for missing values)."""
     try:

@@ -13,6 +13,8 @@ import resource
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
+from functools import partial
+from typing import Any
 
 import anndata as ad
 import numpy as np
@@ -101,7 +103,7 @@ class SeedRowDataset(torch.utils.data.Dataset):
         self.cell_type = adata.obs["cell_type"].astype(str).to_numpy()
         self.n = adata.n_obs
         adata.file.close()
-        self._x = None
+        self._x: Any = None  # anndata's backed X
 
     def __len__(self) -> int:
         return self.n
@@ -140,7 +142,7 @@ def run_bench(
             results.append(
                 time_loader(
                     "seed (per-row Dataset)",
-                    lambda b=batch_size: seed_loader(path, b),
+                    partial(seed_loader, path, batch_size),
                     batch_size,
                     cells=max(seed_cells, batch_size),
                 )
@@ -153,7 +155,7 @@ def run_bench(
             results.append(
                 time_loader(
                     f"gpuload ({loader.backend.name})",
-                    lambda lo=loader: lo,
+                    partial(iter, loader),  # a new epoch each call
                     batch_size,
                     cells=cells,
                     prepare_s=prepare,

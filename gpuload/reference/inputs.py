@@ -16,12 +16,14 @@ model reads: ``batch["obs"]["batch"]`` / ``["cell_type"]`` / ``["size_factors"]`
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 
+from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError, SchemaError
 from gpuload.formats import MultiomeStore, open_multiome
 from gpuload.reference.models import SIZE_FACTOR_KEYS
@@ -138,8 +140,8 @@ def _modality(store: MultiomeStore, role: str, given: str | None, where: str) ->
 def _integer_x(store: MultiomeStore, gex: str, where: str) -> str:
     """Why X is taken as the raw counts, or a SchemaError where its GEX values are not integers."""
     rows = np.unique(np.linspace(0, store.n_cells - 1, min(SAMPLE_ROWS, store.n_cells)).astype(np.int64))
-    values = store.read_rows(rows)[gex]
-    values = values.data if sp.issparse(values) else values
+    block = store.read_rows(rows)[gex]
+    values = np.asarray(block.data if sp.issparse(block) else block)
     if np.all(np.mod(values, 1) == 0) and np.all(values >= 0):
         checked = f"{rows.size} cells checked"
         return f"X: no layers['counts'], and X's {gex} values are non-negative integers ({checked})"
@@ -190,3 +192,43 @@ def library_size_factors(store: MultiomeStore, gex: str, block: int = 4096) -> n
     positive = totals > 0
     mean = totals[positive].mean() if positive.any() else 1.0
     return np.where(positive, totals / mean, 1.0).astype(np.float32)
+
+
+def data_argument(text: str) -> str | dict[str, str]:
+    """``DATA`` of ``gpuload train``: a path, or ``NAME=PATH,NAME=PATH`` for per-modality files."""
+    if "=" not in text:
+        return text
+    pairs = [part.partition("=") for part in text.split(",")]
+    if any(not name or not sep or not path for name, sep, path in pairs):
+        raise argparse.ArgumentTypeError(f"expected a path or NAME=PATH,NAME=PATH, got {text!r}")
+    return {name: path for name, _, path in pairs}
+
+
+TEST_FRACTION = 0.2
+
+
+def split_cells(
+    batches: np.ndarray | None, seed: int, max_cells: int | None = None, n_cells: int | None = None
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Row indices of the training and held-out cells, and how they were chosen.
+
+    ``batches`` is the obs ``batch`` column as strings (None: the file has none, ``n_cells``
+    cells). ``max_cells`` first keeps a seeded random subset of the file.
+    """
+    rng = np.random.default_rng(seed)
+    if batches is not None:
+        total = batches.size
+    elif n_cells is not None:
+        total = n_cells
+    else:
+        raise ArgumentError("split_cells needs the batch column or the number of cells")
+    rows = np.arange(total)
+    if max_cells is not None and max_cells < rows.size:
+        rows = np.sort(rng.choice(rows, max_cells, replace=False))
+    if batches is not None:
+        is_train = np.isin(batches[rows], schema.SPLITS["train"])
+        is_test = np.isin(batches[rows], schema.SPLITS["test"])
+        if is_train.any() and is_test.any():
+            return rows[is_train], rows[is_test], "competition split by batch; val batches unused"
+    held_out = rng.random(rows.size) < TEST_FRACTION
+    return rows[~held_out], rows[held_out], f"seeded random {TEST_FRACTION:.0%} of cells"

@@ -74,14 +74,16 @@ def embedding_scores(
 @torch.no_grad()
 def evaluate(
     model: MultiomeVAE, loader: MultiomeLoader, train_means: tuple, seed: int
-) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+) -> tuple[dict[str, float | int | None], dict[str, np.ndarray]]:
     """All held-out metrics, streaming over ``loader``; also the embeddings for the plot."""
     model.eval()
     gex_mean, atac_mean = train_means
-    squared = dict.fromkeys(("atac", "atac_base", "gex", "gex_base"), 0.0)
+    device = loader.backend.torch_device  # where the batches are: the sums stay there until the end
+    squared = {name: torch.zeros((), device=device) for name in ("atac", "atac_base", "gex", "gex_base")}
     n_gex = n_atac = 0
     posteriors: dict[str, list] = {"joint": [], "gex": [], "atac": []}
-    cell_types, batches = [], []
+    cell_type_names: list[str] = []
+    batch_names: list[str] = []
     for batch in loader:
         gex_in, atac_in, codes = batch["GEX"], batch["ATAC"], batch["obs_codes"]["batch"]
         gex, atac = as_dense(gex_in), as_dense(atac_in)  # the targets; the model reads either
@@ -96,9 +98,9 @@ def evaluate(
         for name, (mean, var) in model.posteriors(gex_in, atac_in).items():
             posteriors[name].append(torch.stack([mean, var]).cpu())
         labels = batch["obs"]["cell_type"]
-        cell_types += [] if labels is None else list(labels)
-        batches += batch["obs"]["batch"]
-    metrics = {
+        cell_type_names += [] if labels is None else [str(c) for c in labels]
+        batch_names += batch["obs"]["batch"]
+    metrics: dict[str, float | int | None] = {
         "gex2atac_rmse": float((squared["atac"] / n_atac).sqrt()),
         "gex2atac_rmse_baseline": float((squared["atac_base"] / n_atac).sqrt()),
         "atac2gex_rmse": float((squared["gex"] / n_gex).sqrt()),
@@ -113,9 +115,9 @@ def evaluate(
         match_score=float(match.diagonal().mean()), match_random=1.0 / pick.size, match_n=int(pick.size)
     )
     embedding = mean_var["joint"][0].numpy()
-    batches = np.array(batches)
-    if len(cell_types) == n_cells:
-        cell_types = np.array([str(c) for c in cell_types])
+    batches = np.array(batch_names)
+    if len(cell_type_names) == n_cells:
+        cell_types = np.array(cell_type_names)
         scores = embedding_scores(embedding, cell_types, batches, seed)
         metrics.update({k: None if np.isnan(v) else v for k, v in scores.items()})
         metrics["n_cell_types"] = int(np.unique(cell_types).size)

@@ -79,8 +79,10 @@ def product_of_experts(experts: list[Posterior]) -> Posterior:
     For experts ``N(m_k, v_k)`` and the prior ``N(0, 1)``, the product is ``N(m, v)`` with
     ``1 / v = 1 + sum_k 1 / v_k`` and ``m = v * sum_k m_k / v_k``.
     """
-    precision = 1.0 + sum(1.0 / var for _, var in experts)
-    weighted = sum(mean / var for mean, var in experts)
+    inverse = [1.0 / var for _, var in experts]
+    scaled = [mean / var for mean, var in experts]
+    precision = 1.0 + sum(inverse[1:], inverse[0])
+    weighted = sum(scaled[1:], scaled[0])
     return weighted / precision, 1.0 / precision
 
 
@@ -211,13 +213,17 @@ class MultiomeVAE(nn.Module):
 
         The modality that ``which`` does not use may be ``None``.
         """
-        if which == "gex":
+        if which == "gex" and gex is not None:
             return self.gex_encoder(_encoder_input(gex))[0]
-        if which == "atac":
+        if which == "atac" and atac is not None:
             return self.atac_encoder(atac)[0]
-        if which == "joint":
+        if which == "joint" and gex is not None and atac is not None:
             return self.posteriors(gex, atac)["joint"][0]
-        raise ValueError(f"which must be 'joint', 'gex' or 'atac', got {which!r}")
+        raise ValueError(
+            f"which must be 'joint' (with both modalities), 'gex' or 'atac' (with that modality), "
+            f"got which={which!r} with gex {'None' if gex is None else 'given'}, "
+            f"atac {'None' if atac is None else 'given'}"
+        )
 
     # -- the ELBO -----------------------------------------------------------------------------
     def _gex_log_prob(self, z: Tensor, batch_codes: Tensor, counts: Tensor, size_factors) -> Tensor:
@@ -263,8 +269,8 @@ class MultiomeVAE(nn.Module):
             terms[f"gex_from_{name}"] = -gex_log_prob.mean()
             terms[f"atac_from_{name}"] = -self._atac_log_prob(z, batch_codes, atac_target).mean()
             terms[f"kl_{name}"] = kl_to_prior((mean, var)).mean()
-        total = sum(terms.values())
-        return total, {name: value.detach() for name, value in terms.items()}
+        values = list(terms.values())
+        return sum(values[1:], values[0]), {name: value.detach() for name, value in terms.items()}
 
     # -- cross-modal prediction ---------------------------------------------------------------
     @torch.no_grad()

@@ -35,7 +35,8 @@ def plot_embedding(
         # Seeded, so one thread (n_jobs=1 said outright: umap warns when it has to override it).
         reducer = umap.UMAP(n_neighbors=15, random_state=seed, n_jobs=1)
         coordinates["UMAP"] = reducer.fit_transform(embedding)
-    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]
+    # tab20 and tab20b are ListedColormaps; get_cmap is typed as returning their base class
+    colours = [*plt.get_cmap("tab20").colors, *plt.get_cmap("tab20b").colors]  # type: ignore[attr-defined]
     for method, xy in coordinates.items():
         fig, axes = plt.subplots(1, 2, figsize=(15, 6), layout="constrained")
         for ax, labels, title in ((axes[0], cell_types, "cell type"), (axes[1], batches, "batch")):

@@ -7,10 +7,9 @@ names, else a seeded random 20%. Files as they are shipped work too: the modalit
 and obs columns are found by role (:mod:`gpuload.reference.inputs`), and the report says what
 was chosen.
 
-Features: by default the loader selects the genes and peaks nonzero in the most training cells
-(``DEFAULT_FEATURES``), as the competition's entries and muon's workflows select features
-before training; the held-out cells are scored on the same features. ``features="all"``
-trains at full width (the natural choice on a GPU).
+Features: by default the genes and peaks nonzero in the most training cells (``DEFAULT_FEATURES``),
+as the competition's entries and muon's workflows select features before training; the held-out
+cells are scored on the same. ``features="all"`` trains at full width (natural on a GPU).
 """
 
 from __future__ import annotations
@@ -20,22 +19,20 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gpuload.bmmc import schema
 from gpuload.checks import one_of, positive_int
 from gpuload.device import gpu_available
 from gpuload.errors import ArgumentError
 from gpuload.loader import MultiomeLoader
-from gpuload.reference.inputs import ROLE_NAMES, open_training_inputs
+from gpuload.reference.inputs import ROLE_NAMES, data_argument, open_training_inputs, split_cells
 from gpuload.reference.metrics import evaluate
 from gpuload.reference.models import MultiomeVAE, as_dense, log_normalize, size_factors_of
 from gpuload.reference.report import PLOTS, plot_embedding, summary_lines, write_report
 
-TEST_FRACTION = 0.2
 LEARNING_RATE = 1e-3
 # Chosen by measurement on 3,000-5,000-cell synthetic files on a 2-core CPU (see the README).
 DEFAULT_FEATURES = {"GEX": {"top": 2000}, "ATAC": {"top": 10000}}
@@ -46,37 +43,17 @@ DEFAULT_LATENT = 16
 INPUTS = ("dense", "sparse_csr")
 
 
-def split_cells(
-    batches: np.ndarray | None, seed: int, max_cells: int | None = None, n_cells: int | None = None
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Row indices of the training and held-out cells, and how they were chosen.
-
-    ``batches`` is the obs ``batch`` column as strings (None: the file has none, ``n_cells``
-    cells). ``max_cells`` first keeps a seeded random subset of the file.
-    """
-    rng = np.random.default_rng(seed)
-    rows = np.arange(batches.size if batches is not None else n_cells)
-    if max_cells is not None and max_cells < rows.size:
-        rows = np.sort(rng.choice(rows, max_cells, replace=False))
-    if batches is not None:
-        is_train = np.isin(batches[rows], schema.SPLITS["train"])
-        is_test = np.isin(batches[rows], schema.SPLITS["test"])
-        if is_train.any() and is_test.any():
-            return rows[is_train], rows[is_test], "competition split by batch; val batches unused"
-    held_out = rng.random(rows.size) < TEST_FRACTION
-    return rows[~held_out], rows[held_out], f"seeded random {TEST_FRACTION:.0%} of cells"
-
-
 class _FeatureMeans:
     """Running per-feature sums of the training targets: the mean-per-feature baseline."""
 
-    def __init__(self) -> None:
-        self.gex = self.atac = 0.0
+    def __init__(self, n_genes: int, n_peaks: int, device: torch.device) -> None:
+        self.gex = torch.zeros(n_genes, device=device)
+        self.atac = torch.zeros(n_peaks, device=device)
         self.n_cells = 0
 
     def add(self, batch: dict) -> None:
-        self.gex = self.gex + log_normalize(as_dense(batch["GEX"]), size_factors_of(batch)).sum(0)
-        self.atac = self.atac + as_dense(batch["ATAC"]).sum(0)
+        self.gex += log_normalize(as_dense(batch["GEX"]), size_factors_of(batch)).sum(0)
+        self.atac += as_dense(batch["ATAC"]).sum(0)
         self.n_cells += batch["GEX"].shape[0]
 
     def means(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,7 +101,8 @@ def _fit(
     shard, DDP averages the gradients."""
     net = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
     optimizer = torch.optim.Adam(model.parameters(), lr=LEARNING_RATE)
-    baseline = _FeatureMeans()
+    widths = {m.name: m.width for m in loader.modalities}
+    baseline = _FeatureMeans(widths["GEX"], widths["ATAC"], loader.backend.torch_device)
     history, n_cells, start = [], 0, time.perf_counter()
     with tqdm(total=epochs * len(loader), desc="train", unit="batch", disable=not progress) as bar:
         model.train()
@@ -200,7 +178,7 @@ def train(
         batches = found.batches()
         train_rows, test_rows, split = split_cells(batches, seed, max_cells, store.n_cells)
         # Raw GEX counts (the NB likelihood wants them) and binarized ATAC, on the device.
-        common = {
+        common: dict[str, Any] = {
             "batch_size": batch_size,
             "seed": seed,
             "modalities": found.modalities,
@@ -225,7 +203,7 @@ def train(
         )
         widths = {m.name: m.width for m in train_loader.modalities}
         batch_categories = found.batch_categories(train_loader.categories)
-        model_args = {
+        model_args: dict[str, Any] = {
             "n_genes": widths["GEX"],
             "n_peaks": widths["ATAC"],
             "n_batches": len(batch_categories),
@@ -242,9 +220,10 @@ def train(
         train_seconds = time.perf_counter() - start
         if not is_main:
             return {"rank": torch.distributed.get_rank(), "train_seconds": train_seconds}
-        metrics, plot_data = evaluate(model, test_loader, baseline.means(), seed)
+        scores, plot_data = evaluate(model, test_loader, baseline.means(), seed)
         var_names = {name: train_loader.var_names(name) for name in widths}
-    metrics.update(
+    metrics: dict[str, Any] = dict(
+        scores,
         data=str(data_path),
         split=split,
         n_train=int(train_rows.size),
@@ -366,16 +345,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="train_out", metavar="DIR", help="output folder (default train_out)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split, the order and the model")
     parser.add_argument("--max-cells", type=int, default=None, help="train and test on a random subset")
-
-
-def data_argument(text: str) -> str | dict[str, str]:
-    """``DATA`` of ``gpuload train``: a path, or ``NAME=PATH,NAME=PATH`` for per-modality files."""
-    if "=" not in text:
-        return text
-    pairs = [part.partition("=") for part in text.split(",")]
-    if any(not name or not sep or not path for name, sep, path in pairs):
-        raise argparse.ArgumentTypeError(f"expected a path or NAME=PATH,NAME=PATH, got {text!r}")
-    return {name: path for name, _, path in pairs}
 
 
 def run_train(args: argparse.Namespace) -> int:
