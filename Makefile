@@ -79,7 +79,8 @@ PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shel
 
 # The newest anndata, pandas, mudata, scvi-tools and Lightning on Python 3.12, in .venv-latest.
 # Only the tests that go through those packages: reading h5ad/h5mu/10x files and their obs
-# (store, sources, modality_files, real_layouts), the Lightning and scvi-tools integrations.
+# (store, sources, modality_files, tenx, real_layouts), the Lightning and scvi-tools integrations,
+# and what `import gpuload` loads (import_weight) with the newest anndata and torch.
 # The simulator-heavy rest (kernels, fuzz, reliability, streams, ...) tests gpuload's own code on
 # numpy/numba and runs in `make test`. torch: no CPU wheel for 3.12 lies on our machines'
 # disk, and PyPI's torch is a CUDA build; 2.14.1's CUDA libraries (nvidia-*) do lie on disk, so
@@ -88,7 +89,8 @@ LATEST_VENV ?= .venv-latest
 LATEST_TORCH ?= torch==2.14.1
 LATEST_PACKAGES = anndata pandas mudata scvi-tools lightning scanpy scikit-learn pytest pytest-timeout pytest-xdist hypothesis
 LATEST_TESTS = tests/test_store.py tests/test_sources.py tests/test_modality_files.py tests/test_tenx.py \
-	tests/test_real_layouts.py tests/test_lightning.py tests/test_lightning_datamodule.py tests/test_scvi.py
+	tests/test_real_layouts.py tests/test_lightning.py tests/test_lightning_datamodule.py tests/test_scvi.py \
+	tests/test_import_weight.py
 
 $(LATEST_VENV)/.installed: pyproject.toml
 	@test -n "$(PY312)" || { echo "make test-latest needs Python 3.12 (python3.12 or pyenv)"; exit 1; }
