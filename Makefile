@@ -10,13 +10,14 @@ DEMO_DIR ?= demo_out
 # The 500 real BMMC cells of the shared reference folder (an .h5mu; any file gpuload reads works).
 REAL_DATA ?= ../shared/data/bmmc_multiome_starter.h5mu
 
-.PHONY: help venv install train dev demo demo-real test test-all test-cudasim test-dali test-gpu lint format bench clean
+.PHONY: help venv install train dev demo demo-real test test-latest test-all test-cudasim test-dali test-gpu lint format bench clean
 
 help:
 	@echo "make demo      synthetic BMMC-shaped data, loader benchmark, short VAE training run"
 	@echo "make demo-real the VAE trained on 500 real BMMC cells (REAL_DATA), with its report"
 	@echo "make test      the test suite (CPU path, CUDA simulator, DALI CPU pipeline)"
 	@echo "make test-all  the test suite including slow tests"
+	@echo "make test-latest  the file-reading and scvi/Lightning tests on Python 3.12 + the newest releases"
 	@echo "make lint      ruff check + format check, mypy over the package"
 	@echo "make bench     the full loader comparison (benchmarks/)"
 
@@ -73,8 +74,36 @@ format: $(VENV)/.installed-dev
 	$(BIN)/ruff format gpuload tests benchmarks
 	$(BIN)/ruff check --fix gpuload tests benchmarks
 
-# annbatch (a peer) needs Python >= 3.12: it gets its own venv when one is on the machine.
+# annbatch (a peer) and the newest anndata, mudata and scvi-tools need Python >= 3.12.
 PY312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python) $(shell command -v python3.12 2>/dev/null))
+
+# The newest anndata, pandas, mudata, scvi-tools and Lightning on Python 3.12, in .venv-latest.
+# Only the tests that go through those packages: reading h5ad/h5mu/10x files and their obs
+# (store, sources, modality_files, tenx, real_layouts), the Lightning and scvi-tools integrations,
+# and what `import gpuload` loads (import_weight) with the newest anndata and torch.
+# The simulator-heavy rest (kernels, fuzz, reliability, streams, ...) tests gpuload's own code on
+# numpy/numba and runs in `make test`. torch: no CPU wheel for 3.12 lies on our machines'
+# disk, and PyPI's torch is a CUDA build; 2.14.1's CUDA libraries (nvidia-*) do lie on disk, so
+# only torch itself and triton are downloaded (about 0.8 GB). See the README for a CPU torch.
+LATEST_VENV ?= .venv-latest
+LATEST_TORCH ?= torch==2.14.1
+LATEST_PACKAGES = anndata pandas mudata scvi-tools lightning scanpy scikit-learn pytest pytest-timeout pytest-xdist hypothesis
+LATEST_TESTS = tests/test_store.py tests/test_sources.py tests/test_modality_files.py tests/test_tenx.py \
+	tests/test_real_layouts.py tests/test_lightning.py tests/test_lightning_datamodule.py tests/test_scvi.py \
+	tests/test_import_weight.py
+
+$(LATEST_VENV)/.installed: pyproject.toml
+	@test -n "$(PY312)" || { echo "make test-latest needs Python 3.12 (python3.12 or pyenv)"; exit 1; }
+	test -x $(LATEST_VENV)/bin/python || $(PY312) -m venv $(LATEST_VENV)
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LATEST_VENV)/bin/python -m pip install -q "$(LATEST_TORCH)"
+	$(LATEST_VENV)/bin/python -m pip install -q --upgrade -e . $(LATEST_PACKAGES)
+	touch $@
+
+test-latest: $(LATEST_VENV)/.installed
+	$(LATEST_VENV)/bin/python -c "import sys; from importlib.metadata import version as v; print('Python', \
+	sys.version.split()[0], *(f'{p} {v(p)}' for p in ('anndata', 'pandas', 'mudata', 'scvi-tools', 'lightning', 'torch')))"
+	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_WORKERS) $(LATEST_TESTS)
 ANNBATCH_VENV = benchmarks/.venv-annbatch
 
 bench: $(VENV)/.installed-dev
@@ -85,4 +114,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/python benchmarks/compare.py --out bench_out
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .mypy_cache .hypothesis

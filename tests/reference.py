@@ -74,7 +74,16 @@ def h5mu_reference(path) -> Reference:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         mdata = md.read_h5mu(path)
-    return Reference(mdata.obs_names, {m: mdata[m] for m in mdata.mod}, mdata.obs)
+    # mudata 0.3 copies each modality's obs columns into the global obs as ``mod:column``;
+    # 0.4 no longer does, so the columns it left out are taken from the modality, per cell.
+    pulled = {
+        f"{m}:{column}": mdata[m].obs[column].reindex(mdata.obs_names)
+        for m in mdata.mod
+        for column in mdata[m].obs.columns
+        if f"{m}:{column}" not in mdata.obs.columns
+    }
+    obs = pd.concat([mdata.obs, pd.DataFrame(pulled, index=mdata.obs_names)], axis=1) if pulled else mdata.obs
+    return Reference(mdata.obs_names, {m: mdata[m] for m in mdata.mod}, obs)
 
 
 def dense(value: torch.Tensor) -> np.ndarray:
