@@ -34,10 +34,6 @@ class PinnedRing:
         self.fences: list[Fence | None] = [None] * slots
         self.next = 0
 
-    @property
-    def nbytes(self) -> int:
-        return sum(b.nbytes for b in self.buffers if b is not None)
-
     def take(self, nbytes: int) -> tuple[int, np.ndarray]:
         """(slot, a buffer of at least ``nbytes``), once the slot's last copy has passed."""
         slot = self.next
@@ -112,10 +108,6 @@ class RunRings:
     def for_run(cls, backend: Backend, prefetch: int) -> RunRings:
         in_flight = prefetch + 2
         return cls(PinnedRing(backend), PinnedRing(backend, in_flight), PinnedRing(backend, in_flight))
-
-    @property
-    def nbytes(self) -> int:
-        return self.reads.nbytes + self.meta.nbytes + self.status.nbytes
 
     def close(self) -> None:
         for ring in (self.reads, self.meta, self.status):
