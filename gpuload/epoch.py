@@ -30,6 +30,7 @@ import itertools
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterator, Sequence
+from functools import partial
 
 import numba
 import torch
@@ -177,6 +178,10 @@ class EpochRun:
         self.close()
 
 
+# How an iterator starts its run: (epoch, first batch) -> the run and its batches.
+StartRun = Callable[[int, int], tuple[EpochRun, Iterator[dict]]]
+
+
 class LoaderIterator:
     """What ``iter(loader)`` returns: the batches of one epoch from ``first``, independent of
     every other iterator of the same loader (as ``DataLoader``'s are).
@@ -190,7 +195,7 @@ class LoaderIterator:
 
     def __init__(
         self,
-        start_run: Callable[[int, int], tuple[EpochRun, Iterator[dict]]],
+        start_run: StartRun,
         epoch: int,
         first: int,
         progress: Callable[[LoaderIterator, bool], None],
@@ -241,11 +246,12 @@ class Position:
     """Where a loader is, and its iterators (see the loader module's docstring for the rules):
     the epoch and batches done of the latest iterator, which alone moves it; a resume point
     waiting for the next iterator; the live iterators, at most ``limit`` of them running (a run
-    beyond that closes the oldest first)."""
+    beyond that closes the oldest first). It holds no reference to its loader, so a loader
+    nobody holds is freed at once (no reference cycle waiting for the garbage collector)."""
 
-    def __init__(self, start_run: Callable[[int, int], tuple[EpochRun, Iterator[dict]]], limit: int) -> None:
+    def __init__(self, limit: int) -> None:
         self.epoch, self.batches_done, self.resume_requested = 0, 0, False
-        self._start_run, self.limit = start_run, limit
+        self.limit = limit
         self._latest: weakref.ref | None = None
         self._live: weakref.WeakValueDictionary[int, LoaderIterator] = weakref.WeakValueDictionary()
         self._created = itertools.count()
@@ -256,21 +262,24 @@ class Position:
         self.epoch, self.batches_done, self.resume_requested = epoch, batches_done, resume
         self._latest = None
 
-    def new_iterator(self) -> LoaderIterator:
+    def new_iterator(self, start_run: StartRun) -> LoaderIterator:
+        """An iterator at the position, whose first ``next()`` calls ``start_run(epoch, first)``."""
         if self.resume_requested:
             self.resume_requested = False
         elif self.batches_done:  # the latest iterator left its epoch part-way: a fresh epoch
             self.epoch, self.batches_done = self.epoch + 1, 0
-        iterator = LoaderIterator(self._start, self.epoch, self.batches_done, self._progress)
+        iterator = LoaderIterator(
+            partial(self._start, start_run), self.epoch, self.batches_done, self._progress
+        )
         self._latest = weakref.ref(iterator)
         self._live[next(self._created)] = iterator
         return iterator
 
-    def _start(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
+    def _start(self, start_run: StartRun, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
         running = [it for _, it in sorted(self._live.items()) if it.started]
         for old in running[: max(0, len(running) - self.limit + 1)]:
             old.close(f"{self.limit} newer iterators of the same loader were started")
-        return self._start_run(epoch, first)
+        return start_run(epoch, first)
 
     def _progress(self, iterator: LoaderIterator, done: bool) -> None:
         if self._latest is not None and self._latest() is iterator:

@@ -262,7 +262,7 @@ class MultiomeLoader:
                 self.store.close()
             raise
         self.rings = RingPool(self.backend, self.prefetch)
-        self.position = Position(self._start_run, MAX_LIVE_RUNS)
+        self.position = Position(MAX_LIVE_RUNS)
         self._closed = False
 
     @property
@@ -324,7 +324,7 @@ class MultiomeLoader:
     def __iter__(self) -> LoaderIterator:
         if self._closed:
             raise GpuloadError("this MultiomeLoader was closed; make a new one to iterate again")
-        return self.position.new_iterator()
+        return self.position.new_iterator(self._start_run)
 
     def _start_run(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
         """The run of ``epoch`` from batch ``first`` (an iterator's first ``next()``)."""

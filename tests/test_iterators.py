@@ -4,8 +4,10 @@ every completed epoch exactly once per cell; runs are joined when they end; ``cl
 
 from __future__ import annotations
 
+import gc
 import itertools
 import threading
+import weakref
 
 import anndata as ad
 import numpy as np
@@ -171,3 +173,20 @@ def test_a_run_beyond_the_limit_closes_the_oldest_which_then_says_so(tiny):
         next(iterators[0])
     for it in iterators[1:]:
         _checked(next(it), x)
+
+
+def test_a_loader_nobody_holds_is_freed_without_the_cycle_collector(tiny_h5ad):
+    """No reference cycle through the loader's iterators: its memory goes when its last
+    reference does, not at some later garbage collection."""
+    gc.disable()
+    try:
+        loader = _loader(tiny_h5ad, "cpu")
+        list(loader)
+        abandoned = iter(loader)
+        next(abandoned)
+        del abandoned
+        freed = weakref.ref(loader)
+        del loader
+        assert freed() is None
+    finally:
+        gc.enable()
