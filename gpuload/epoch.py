@@ -149,10 +149,9 @@ class EpochRun:
                             assembled = yield from transformed(assembled, self.batch_transform, backend)
                         yield assembled
 
-        name = f"{self.number}"
-        groups = Background(read_groups(), 1, f"gpuload-reader-{name}", self.stopped, backend)
+        groups = Background(read_groups(), 1, f"gpuload-reader-{self.number}", self.stopped, backend)
         ready = Background(
-            assemble_batches(groups), self.prefetch, f"gpuload-assembler-{name}", self.stopped, backend
+            assemble_batches(groups), self.prefetch, f"gpuload-assembler-{self.number}", self.stopped, backend
         )
         self.stages = [ready, groups]
         _RUNNING.add(self)

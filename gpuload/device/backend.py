@@ -292,6 +292,24 @@ class StreamFace(Backend):
 
     streams = True
 
+    def upload(self, host: np.ndarray, name: str) -> torch.Tensor:
+        """A copy of ``host`` in fresh device memory (on the cudasim face, host memory that is
+        not the host buffer)."""
+        dtype = torch.from_numpy(host[:0]).dtype
+        out = self._allocated(torch.empty(host.shape, dtype=dtype, device=self.torch_device), name)
+        self.upload_into(out, host, name)
+        return out
+
+    def status_to_host(self, status: torch.Tensor, slot: np.ndarray | None) -> np.ndarray:
+        assert slot is not None, "a stream face copies the status into a page-locked slot"
+        host = slot[: status.numel() * 4].view(np.int32)
+        self._copy_note("d2h", "status", status, host)
+        torch.from_numpy(host).copy_(status, non_blocking=True)  # page-locked: no host wait
+        return host
+
+    def release_pinned(self, buffer: np.ndarray) -> None:
+        self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes, span(buffer)[0])
+
     def fence(self, name: str) -> Fence:
         fence = Fence(next(_EVENT_IDS), self._record_event())
         self.note("event", name, event=fence.number)

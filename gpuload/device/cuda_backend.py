@@ -61,23 +61,9 @@ class CudaBackend(StreamFace):
                 return which
         return "default" if current.cuda_stream == 0 else f"stream {current.cuda_stream:#x}"
 
-    def upload(self, host: np.ndarray, name: str) -> torch.Tensor:
-        out = self._allocated(
-            torch.empty(host.shape, dtype=torch.from_numpy(host[:0]).dtype, device=self.torch_device), name
-        )
-        self.upload_into(out, host, name)
-        return out
-
     def upload_into(self, target: torch.Tensor, host: np.ndarray, name: str) -> None:
         self._copy_note("h2d", name, host, target)
         target.copy_(torch.from_numpy(host), non_blocking=True)
-
-    def status_to_host(self, status: torch.Tensor, slot: np.ndarray | None) -> np.ndarray:
-        assert slot is not None, "a stream face copies the status into a page-locked slot"
-        host = slot[: status.numel() * 4].view(np.int32)
-        self._copy_note("d2h", "status", status, host)
-        torch.from_numpy(host).copy_(status, non_blocking=True)  # page-locked: no host wait
-        return host
 
     def pinned(self, nbytes: int) -> np.ndarray:
         """Exactly ``nbytes`` of page-locked memory (cupy's pinned pool would round up to a power
@@ -91,9 +77,6 @@ class CudaBackend(StreamFace):
         buffer = np.ndarray(nbytes, dtype=np.uint8, buffer=memory)
         self.ledger.add("pinned", "host buffer", "host", nbytes, span(buffer)[0])
         return buffer
-
-    def release_pinned(self, buffer: np.ndarray) -> None:
-        self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes, span(buffer)[0])
 
     def free_memory(self) -> int:
         """Free device memory, counting what torch's caching allocator holds but does not use."""

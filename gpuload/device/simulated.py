@@ -54,25 +54,10 @@ class SimulatedCudaBackend(StreamFace):
     def stream_name(self) -> str:
         return getattr(self._current, "stream", None) or "default"
 
-    def upload(self, host: np.ndarray, name: str) -> torch.Tensor:
-        out = self._allocated(torch.empty(host.shape, dtype=torch.from_numpy(host[:0]).dtype), name)
-        self.upload_into(out, host, name)  # device memory is not the host buffer
-        return out
-
-    def status_to_host(self, status: torch.Tensor, slot: np.ndarray | None) -> np.ndarray:
-        assert slot is not None, "a stream face copies the status into a page-locked slot"
-        host = slot[: status.numel() * 4].view(np.int32)
-        self._copy_note("d2h", "status", status, host)
-        host[:] = status.numpy()
-        return host
-
     def pinned(self, nbytes: int) -> np.ndarray:
         buffer = np.empty(nbytes, dtype=np.uint8)
         self.ledger.add("pinned", "host buffer", "host", nbytes, span(buffer)[0])
         return buffer
-
-    def release_pinned(self, buffer: np.ndarray) -> None:
-        self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes, span(buffer)[0])
 
     def _run_kernel(self, kernel: str, n_rows: int, width: int, args: tuple) -> None:
         if self.kernels == "cpu":
