@@ -96,7 +96,7 @@ class BatchAssembler:
             "mod_width": self.widths,
             "mod_code": layout.mod_code,
             "mod_threshold": layout.mod_threshold.astype(value),
-            "row_scale": plan.row_scale.astype(value),
+            "row_scale": plan.row_scale.astype(value, copy=False),
             "col_weight": layout.col_weight.astype(value),
             "obs_f": obs.floats,
             "obs_i": obs.ints,

@@ -29,7 +29,7 @@ import atexit
 import itertools
 import threading
 import weakref
-from collections.abc import Callable, Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import partial
 
 import numba
@@ -80,7 +80,7 @@ class EpochRun:
 
     def __init__(
         self,
-        requests: Sequence[LoadRequest],
+        requests: Iterable[LoadRequest],
         fetcher: BlockFetcher,
         assembler: BatchAssembler,
         *,

@@ -240,7 +240,8 @@ class MultiomeLoader:
                 query=frames.query,
             )
             self.epoch_sampler = o.epoch_sampler(self.positions, self.store.obs, self.store.path)
-            self.obs_frame = frames.frame(self.store.obs[list(self.plan.obs_keys)])
+            # cuDF's copy of the delivered obs (the GPU face); the CPU face needs none
+            self.obs_frame = frames.frame(self.store.obs[list(self.plan.obs_keys)]) if frames.cudf else None
             self.assembler = BatchAssembler(
                 self.plan,
                 self.backend,
@@ -328,9 +329,11 @@ class MultiomeLoader:
 
     def _start_run(self, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
         """The run of ``epoch`` from batch ``first`` (an iterator's first ``next()``)."""
-        batches = self.batch_rows(epoch)[first:]
-        s, widest = self.epoch_sampler, max((b.size for b in batches), default=1)
-        requests = load_requests(batches, self.positions, s.chunk_size, s.window, widest)
+        s = self.epoch_sampler
+        batches = s.batches(epoch, self.batch_size)[first:]  # views of the epoch's order
+        widest = max((b.size for b in batches), default=1)
+        rows = (self.positions[b] for b in batches)  # file rows, made as the reads are planned
+        requests = load_requests(rows, self.positions, s.chunk_size, s.window, widest)
         run = EpochRun(
             requests,
             self.fetcher,

@@ -39,6 +39,8 @@ Reads
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -253,10 +255,11 @@ class LoadRequest:
 
 
 def load_requests(
-    batches: list[np.ndarray], positions: np.ndarray, chunk_size: int, window: int, batch_size: int
-) -> list[LoadRequest]:
+    batches: Iterable[np.ndarray], positions: np.ndarray, chunk_size: int, window: int, batch_size: int
+) -> Iterator[LoadRequest]:
     """Consecutive ``batches`` (file rows) grouped into reads of about ``chunk_size * window``
-    cells; ``positions`` are the selected file rows, sorted.
+    cells; ``positions`` are the selected file rows, sorted. A generator: a run holds one group's
+    rows at a time, not the epoch's (``batches`` may be a generator too).
 
     The first batch is read on its own, so that it arrives without waiting for a whole group.
     A group reads its own rows, or, when they fill at least half of the chunks they touch (block
@@ -264,18 +267,17 @@ def load_requests(
     that straddles two windows takes random halves of chunks).
     """
     per_group = max(1, (chunk_size * window) // batch_size)
-    starts = [0, *range(1, len(batches), per_group)] if batches else []
-    stops = [*starts[1:], len(batches)] if batches else []
-    requests = []
-    for start, stop in zip(starts, stops, strict=True):
-        group = batches[start:stop]
+    batches = iter(batches)
+    for size in itertools.chain([1], itertools.repeat(per_group)):
+        group = list(itertools.islice(batches, size))
+        if not group:
+            return
         rows = np.unique(np.concatenate(group))
         chunks = np.unique(np.searchsorted(positions, rows) // chunk_size)
         if chunks.size * chunk_size <= 2 * rows.size:
             whole = (chunks[:, None] * chunk_size + np.arange(chunk_size)).ravel()
             rows = positions[whole[whole < positions.size]]
-        requests.append(LoadRequest(rows, group))
-    return requests
+        yield LoadRequest(rows, group)
 
 
 def batch_label_entropy(order: np.ndarray, labels: np.ndarray, batch_size: int) -> float:

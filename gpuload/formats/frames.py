@@ -10,12 +10,84 @@ import numpy as np
 import pandas as pd
 
 from gpuload.errors import SchemaError
+from gpuload.formats.obs_table import ObsTable
 from gpuload.formats.types import Modality
 
 
 def read_obs(f: h5py.File, path: Path | str) -> pd.DataFrame:
     """The obs frame (one row per cell)."""
     return _read_frame(f, "obs", str(path), "expected an AnnData .h5ad")
+
+
+def lazy_obs(f: h5py.File, path: Path | str) -> ObsTable:
+    """The obs of an AnnData group (a file's root, or an ``.h5mu`` modality), its columns read on
+    demand; the older layouts (a compound dataset, categories kept in ``__categories``), which
+    anndata reads only as a whole, are read whole."""
+    where = str(path)
+    group = f.get("obs")
+    if (
+        not isinstance(group, h5py.Group)
+        or _text(group.attrs.get("encoding-type")) != "dataframe"
+        or ("__categories" in group)
+    ):
+        return ObsTable.in_memory(read_obs(f, path), where)
+    try:
+        index_key = _text(group.attrs["_index"])
+        columns = [
+            _text(c) for c in np.atleast_1d(group.attrs.get("column-order", np.array([], dtype=object)))
+        ]
+        n_rows = _length(group[index_key])
+    except (KeyError, OSError, RuntimeError, TypeError, ValueError) as e:  # h5py on a malformed group
+        raise SchemaError(f"{where}: obs cannot be read as an AnnData dataframe ({e})") from e
+    missing = [c for c in columns if c not in group]
+    if missing:
+        raise SchemaError(f"{where}: obs lists columns {missing} that it does not hold")
+
+    def read_column(key: str):
+        return _read_element(group, key, where)
+
+    def read_names() -> pd.Index:
+        return pd.Index(np.asarray(_read_element(group, index_key, where)), dtype=object).astype(str)
+
+    return ObsTable(n_rows, columns, read_column, read_names, where)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _length(node: h5py.Dataset | h5py.Group) -> int:
+    """Rows of an obs element: a dataset's first axis, a categorical's or nullable's codes/values."""
+    for part in (node,) if isinstance(node, h5py.Dataset) else (node.get(p) for p in ("codes", "values")):
+        if isinstance(part, h5py.Dataset):
+            if part.ndim != 1:
+                raise ValueError(f"{part.name} has shape {part.shape}; expected one entry per cell")
+            return int(part.shape[0])
+    raise ValueError(f"{node.name} is a group without codes or values")
+
+
+def _read_element(group: h5py.Group, key: str, where: str):
+    """One obs element: numeric arrays and categoricals of text straight with h5py (told apart by
+    their parts, without reading attributes: a thousand files' columns in about a second), anything
+    else through anndata's reader."""
+    from anndata.io import read_elem
+
+    try:
+        node = group[key]
+        if isinstance(node, h5py.Dataset):
+            if node.ndim == 1 and node.dtype.kind in "biuf":
+                return node[()]
+        elif "codes" in node and "categories" in node:
+            codes, categories = node["codes"], node["categories"]
+            if categories.dtype.kind == "O" and codes.dtype.kind in "iu":
+                return pd.Categorical.from_codes(
+                    codes[()],
+                    categories=pd.Index([_text(c) for c in categories[()]], dtype=object),
+                    ordered=bool(node.attrs.get("ordered", False)),
+                )
+        return read_elem(node)
+    except Exception as e:  # anndata and h5py raise many kinds on a malformed element
+        raise SchemaError(f"{where}: obs column {key!r} cannot be read ({e})") from e
 
 
 def read_var(f: h5py.File, where: str) -> pd.DataFrame:

@@ -14,11 +14,12 @@ import numpy as np
 
 from gpuload.errors import SchemaError
 from gpuload.formats.encoding import ROW_READERS
-from gpuload.formats.frames import modalities_of, obsm_keys_of, read_obs, read_obsm, read_var
+from gpuload.formats.frames import lazy_obs, modalities_of, obsm_keys_of, read_obsm, read_var
 from gpuload.formats.hdf5 import closed_on_error, find_matrix, layers_of
 from gpuload.formats.lazy import LazyReader
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Modality
+from gpuload.formats.var_cache import shared_var
 
 
 def open_h5ad(
@@ -38,13 +39,16 @@ def open_h5ad(
     key = "X" if layer is None else f"layers/{layer}"
     with closed_on_error(file, f"{path}: cannot read {key}"):
         key, node, encoding, shape = find_matrix(file, layer, str(path))
-        var = read_var(file, str(path))
-        modalities = (
-            modalities_of(var, feature_type_key, shape[1], str(path))
-            if modality is None
-            else {modality: Modality(modality, np.arange(shape[1], dtype=np.int64))}
-        )
-        obs = read_obs(file, path)
+        if modality is None:
+            var, modalities = shared_var(
+                file,
+                feature_type_key,
+                lambda: _var_and_modalities(file, feature_type_key, shape[1], str(path)),
+            )
+        else:
+            var = read_var(file, str(path))
+            modalities = {modality: Modality(modality, np.arange(shape[1], dtype=np.int64))}
+        obs = lazy_obs(file, path)
         if len(obs) != shape[0]:
             raise SchemaError(f"{path}: obs has {len(obs)} rows but {key} has {shape[0]}")
 
@@ -69,3 +73,8 @@ def open_h5ad(
         file_starts=np.array([0, shape[0]], dtype=np.int64),
         close=file.close,
     )
+
+
+def _var_and_modalities(file: h5py.File, feature_type_key: str, n_vars: int, where: str):
+    var = read_var(file, where)
+    return var, modalities_of(var, feature_type_key, n_vars, where)

@@ -31,8 +31,8 @@ import numpy as np
 import pandas as pd
 
 from gpuload.errors import ArgumentError, SchemaError
+from gpuload.formats.obs_table import union_frames
 from gpuload.formats.pairing import PairedModality, PairedRows, per_cell, rows_of_cells, spread_rows
-from gpuload.formats.stacked import union_obs
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Modality, combined_encoding
 
@@ -115,7 +115,7 @@ def _paired_store(source: ModalityFiles, stores: dict[str, MultiomeStore]) -> Mu
         encoding,
         (len(cells), offset),
         modalities,
-        paired_obs({name: s.obs for name, s in stores.items()}, local, cells),
+        paired_obs({name: s.obs.to_frame() for name, s in stores.items()}, local, cells),
         pd.concat([s.var for s in stores.values()], join="outer"),
         PairedRows(parts, encoding.dtype, index_dtype),
         encodings={f"{name} {s.path}:{k}": e for name, s in stores.items() for k, e in s.encodings.items()},
@@ -196,4 +196,4 @@ def _first_holders(
     lacking = np.flatnonzero(holder < 0)  # cells only files without these columns have
     if lacking.size:
         pieces.append(pd.DataFrame(index=lacking))
-    return union_obs(pieces).sort_index().set_axis(cells)
+    return union_frames(pieces).sort_index().set_axis(cells)

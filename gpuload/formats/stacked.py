@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from gpuload.errors import SchemaError
+from gpuload.formats.obs_table import stacked_obs
 from gpuload.formats.pairing import PairedRows
 from gpuload.formats.store import MultiomeStore
 from gpuload.formats.types import Encoding, RowBlock, combined_encoding
@@ -107,26 +107,6 @@ class _Slices:
         return view
 
 
-def union_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The files' obs one after the other: every column of any file (missing values NaN or
-    None), a column that is categorical anywhere categorical with the categories merged."""
-    merged = pd.concat(frames, join="outer")
-    for column in merged.columns:
-        parts = [f[column] for f in frames if column in f.columns]
-        if any(isinstance(p.dtype, pd.CategoricalDtype) for p in parts):
-            lists = [
-                list(p.cat.categories if isinstance(p.dtype, pd.CategoricalDtype) else p.dropna().unique())
-                for p in parts
-            ]
-            # The files' common category list, else their sorted union (as anndata.concat merges)
-            same = all(c == lists[0] for c in lists)
-            categories = lists[0] if same else sorted({c for c in lists for c in c}, key=str)
-            merged[column] = pd.Categorical(merged[column].to_numpy(dtype=object), categories=categories)
-        elif all(pd.api.types.is_bool_dtype(p.dtype) for p in parts) and len(parts) < len(frames):
-            merged[column] = merged[column].astype("boolean")  # missing where a file lacks it
-    return merged
-
-
 def _check_same_features(stores: list[MultiomeStore]) -> None:
     first = stores[0]
     for store in stores[1:]:
@@ -203,7 +183,7 @@ def open_stacked(paths: Sequence, open_file: Callable[..., MultiomeStore]) -> Mu
         encoding,
         (int(starts[-1]), first.n_vars),
         first.modalities,
-        union_obs([s.obs for s in stores]),
+        stacked_obs([s.obs for s in stores], describe_files(paths)),
         first.var,
         StackedRows(stores, starts, encoding),
         encodings={f"{p}:{k}": e for s, p in zip(stores, paths, strict=True) for k, e in s.encodings.items()},

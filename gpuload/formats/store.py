@@ -18,6 +18,7 @@ import numpy.typing as npt
 import scipy.sparse as sp
 
 from gpuload.errors import ArgumentError, InputFileError, ObsKeyError
+from gpuload.formats.obs_table import ObsTable
 from gpuload.formats.types import Allocator, Encoding, Modality, RowBlock, RowReader, kernel_values
 
 if TYPE_CHECKING:
@@ -56,7 +57,7 @@ class MultiomeStore:
         encoding: Encoding,
         shape: tuple[int, int],
         modalities: dict[str, Modality],
-        obs: pd.DataFrame,
+        obs: ObsTable | pd.DataFrame,
         var: pd.DataFrame,
         reader: RowReader,
         *,
@@ -72,7 +73,9 @@ class MultiomeStore:
     ) -> None:
         self.path, self.key, self.encoding = path, key, encoding
         self.n_cells, self.n_vars = shape
-        self.modalities, self.obs, self.var = modalities, obs, var
+        # obs is read a column at a time (see gpuload.formats.obs_table); a frame is wrapped
+        self.obs = obs if isinstance(obs, ObsTable) else ObsTable.in_memory(obs, str(path))
+        self.modalities, self.var = modalities, var
         self.reader = reader  # the encoding's row reader (see gpuload.formats.encoding)
         self.encodings, self.layers, self.obsm_keys = encodings, layers, obsm_keys
         self.files, self.file_starts = files, file_starts

@@ -90,8 +90,9 @@ def subset_positions(
 def _subset_mask(obs: pd.DataFrame, subset, path: Path | str, query: Callable) -> np.ndarray:
     n = len(obs)
     if isinstance(subset, str):
+        named = [c for c in obs.columns if c in subset]  # read only the columns it can name
         try:
-            return query(obs, subset)
+            return query(obs.to_frame(named), subset)
         except Exception as e:  # pandas raises several kinds for a bad expression
             raise ArgumentError(f"{path}: subset query {subset!r} failed: {e}") from e
     arr = np.asarray(subset)
