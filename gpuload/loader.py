@@ -11,8 +11,8 @@ Data flow of one epoch, as this module composes it:
 3. :class:`~gpuload.epoch.EpochRun` runs two background threads: the reader
    (:class:`~gpuload.fetch.BlockFetcher`: file -> device row block) and the assembler
    (:class:`~gpuload.assembly.BatchAssembler`: kernels, obs, masks -> batch dict).
-4. The batches reach the training loop natively (zero-copy) or through DALI
-   (:mod:`gpuload.integrations.dali`).
+4. The batches reach the training loop through the hand-off ``pipeline=`` chose
+   (:mod:`gpuload.handoff`): natively (zero-copy), through DALI or through the user's own stage.
 
 Exactness: every epoch visits each selected cell exactly once (plus the documented DDP padding),
 in the documented order (under ``weights=``, the epoch's draw instead); ``state_dict`` records
@@ -44,6 +44,7 @@ from gpuload.epoch import EpochRun, LoaderIterator, Position
 from gpuload.errors import GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import DataSource, MultiomeStore, is_file_list, open_multiome
+from gpuload.handoff import Handoff
 from gpuload.options import LoaderOptions
 from gpuload.plan import build_plan
 from gpuload.sampler import load_requests, resume_point
@@ -129,7 +130,10 @@ class MultiomeLoader:
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
     pipeline
-        ``"native"`` (zero-copy hand-off) or ``"dali"`` (a DALI external-source pipeline).
+        ``"native"`` (zero-copy hand-off), ``"dali"`` (a DALI external-source pipeline), another
+        name given to :func:`~gpuload.handoff.register_handoff`, or a
+        :class:`~gpuload.handoff.Handoff` object (the user's own stage: ``check`` what it can
+        carry, ``wrap`` each run's batches).
     rank, world_size
         Data-parallel share; by default taken from ``torch.distributed`` when initialized.
     dtype
@@ -193,7 +197,7 @@ class MultiomeLoader:
         prefetch: int | None = None,
         num_threads: int | None = None,
         preload: bool | str = "auto",
-        pipeline: str = "native",
+        pipeline: str | Handoff = "native",
         rank: int | None = None,
         world_size: int | None = None,
         dtype: torch.dtype = torch.float32,
@@ -341,12 +345,8 @@ class MultiomeLoader:
             batch_transform=self.batch_transform,
             give_back=self.rings.give_back,
         )
-        source = iter(run)
-        if self.pipeline == "dali":
-            from gpuload.integrations.dali import dali_batches
-
-            source = dali_batches(source, names=self.plan.names, batch_size=widest, backend=self.backend)
-        return run, source
+        handoff = self.options.handoff
+        return run, handoff.wrap(iter(run), names=self.plan.names, batch_size=widest, backend=self.backend)
 
     def close(self) -> None:
         """Stop and join every live iterator's threads, release page-locked memory and close the

@@ -37,6 +37,7 @@ from gpuload.assembly import OUTPUT_DTYPES, OUTPUTS
 from gpuload.checks import non_negative_int, one_of, positive_int, weight_array
 from gpuload.device import Backend
 from gpuload.errors import ArgumentError
+from gpuload.handoff import NATIVE, Handoff, NativeHandoff, resolve_handoff
 from gpuload.plan import cell_weights
 from gpuload.plan.transforms import TRANSFORMS, parse_transform
 from gpuload.sampler import EpochSampler, distributed_share, shuffle_mode
@@ -97,7 +98,7 @@ class LoaderOptions:
     # every core by default: what the loader alone is fastest with
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     preload: bool | str = "auto"
-    pipeline: str = "native"
+    pipeline: str | Handoff = NATIVE
     rank: int | None = None
     world_size: int | None = None
     dtype: torch.dtype = torch.float32
@@ -110,6 +111,8 @@ class LoaderOptions:
     batch_transform: Callable[[dict], dict] | None = None
     sampler: Any = None
     batch_sampler: Any = None
+    # the stage pipeline= names, resolved by __post_init__
+    handoff: Handoff = field(default=NativeHandoff(), init=False, repr=False, compare=False)
 
     @classmethod
     def from_arguments(
@@ -148,7 +151,7 @@ class LoaderOptions:
         for name in ("prefetch", "num_threads"):  # None: the default
             if name in arguments and arguments[name] is None:
                 del arguments[name]
-        unknown = sorted(set(arguments) - {f.name for f in fields(cls)})
+        unknown = sorted(set(arguments) - {f.name for f in fields(cls) if f.init})
         if unknown:
             raise TypeError(f"MultiomeLoader() got unexpected keyword arguments {unknown}")
         return cls(**arguments)
@@ -285,31 +288,19 @@ class LoaderOptions:
                 raise ArgumentError(f"{name} must be a list of column names, got {value!r}")
 
     def _check_output(self) -> None:
-        """dtype, output, super_batch_bytes, pipeline and batch_transform fit together."""
+        """dtype, output, super_batch_bytes, pipeline and batch_transform fit together (what a
+        pipeline can carry, its hand-off says: :mod:`gpuload.handoff`)."""
         one_of("dtype", self.dtype, OUTPUT_DTYPES)
         one_of("output", self.output, OUTPUTS)
         if self.super_batch_bytes is not None:
             positive_int("super_batch_bytes", self.super_batch_bytes)
-        one_of("pipeline", self.pipeline, ("native", "dali"))
         if self.batch_transform is not None and not callable(self.batch_transform):
             raise ArgumentError(
                 f"batch_transform must be a callable batch -> batch or None, got {self.batch_transform!r}"
             )
-        if self.pipeline != "dali":
-            return
-        if self.dtype == torch.bfloat16:
-            raise ArgumentError(
-                "pipeline='dali' cannot carry bfloat16 (DALI has no such type); use float16 or float32"
-            )
-        if self.output != "dense":
-            raise ArgumentError(
-                f"pipeline='dali' carries dense batches only; use output='dense', not {self.output!r}"
-            )
-        if self.batch_transform is not None:
-            raise ArgumentError(
-                "batch_transform cannot be used with pipeline='dali': DALI hands over a fixed set of "
-                "named tensors; transform the batches DALI yields, or use pipeline='native'"
-            )
+        handoff = resolve_handoff(self.pipeline)
+        handoff.check(dtype=self.dtype, output=self.output, batch_transform=self.batch_transform)
+        object.__setattr__(self, "handoff", handoff)
 
     def epoch_sampler(
         self, positions: np.ndarray, obs: pd.DataFrame, path: Path | str
