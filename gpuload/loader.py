@@ -33,7 +33,8 @@ own epoch and run to its end.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,8 +110,10 @@ class MultiomeLoader:
         (dense arrays only; for an ``.h5mu``, a modality's own as ``"rna:X_pca"``, NaN for
         cells it lacks).
     subset, split
-        Cells to use: a query string, boolean mask or integer indices; and/or the competition
-        split by batch (``"train"``, ``"val"``, ``"test"``).
+        Cells to use: a query string, boolean mask or integer indices; and/or a split: the
+        competition's by obs ``batch`` (``"train"``, ``"val"``, ``"test"``:
+        ``gpuload.bmmc.schema.SPLITS``) or the dataset's own as ``{obs column: allowed values}``
+        (``{"fold": [0, 1]}``: the cells whose ``fold`` is 0 or 1).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` (the current GPU), ``"cuda:N"`` (or ``"cudasim"`` in
         tests, or a :class:`~gpuload.device.Backend`).
@@ -190,7 +193,7 @@ class MultiomeLoader:
         obs_keys: Sequence[str] | None = None,
         obsm_keys: Sequence[str] = (),
         subset=None,
-        split: str | None = None,
+        split: str | Mapping[str, Any] | None = None,
         device: str | torch.device | Backend = "auto",
         chunk_size: int = 256,
         window: int = 16,
@@ -240,7 +243,7 @@ class MultiomeLoader:
                 obsm_keys=o.obsm_keys,
                 deliver_file=is_file_list(data) or len(self.store.files) > 1,
                 subset=o.subset,
-                split=o.split,
+                split=o.split_by,
                 query=frames.query,
             )
             self.epoch_sampler = o.epoch_sampler(self.positions, self.store.obs, self.store.path)

@@ -41,6 +41,7 @@ from gpuload.handoff import NATIVE, Handoff, NativeHandoff, resolve_handoff
 from gpuload.plan import cell_weights
 from gpuload.plan.transforms import TRANSFORMS, parse_transform
 from gpuload.sampler import EpochSampler, distributed_share, shuffle_mode
+from gpuload.splits import split_by
 from gpuload.user_sampler import UserSampler, check_user_sampler
 
 DEFAULT_BATCH_SIZE, DEFAULT_PREFETCH = 32, 2
@@ -90,7 +91,7 @@ class LoaderOptions:
     obs_keys: Sequence[str] | None = None
     obsm_keys: Sequence[str] = ()
     subset: Any = None
-    split: str | None = None
+    split: str | Mapping[str, Any] | None = None  # a named split, or {obs column: allowed values}
     device: str | torch.device | Backend = "auto"
     chunk_size: int = 256
     window: int = 16
@@ -111,8 +112,9 @@ class LoaderOptions:
     batch_transform: Callable[[dict], dict] | None = None
     sampler: Any = None
     batch_sampler: Any = None
-    # the stage pipeline= names, resolved by __post_init__
+    # resolved by __post_init__: the stage pipeline= names, the cells split= asks for
     handoff: Handoff = field(default=NativeHandoff(), init=False, repr=False, compare=False)
+    split_by: dict[str, tuple] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_arguments(
@@ -260,8 +262,8 @@ class LoaderOptions:
             positive_int("num_samples", self.num_samples)
 
     def _check_selection(self) -> None:
-        """modalities, layer, feature_type_key, transform, obs_keys and obsm_keys, as far as they
-        can be checked without the file (``split`` is the dataset's: the plan checks it)."""
+        """modalities, layer, feature_type_key, transform, obs_keys, obsm_keys and split, as far as
+        they can be checked without the file (the plan finds split's columns in obs)."""
         m = self.modalities
         if not (m is None or isinstance(m, str) or names(m, empty=True) or names(m, empty=True, keyed=True)):
             raise ArgumentError(
@@ -286,6 +288,8 @@ class LoaderOptions:
             value = getattr(self, name)
             if not (value is None and name == "obs_keys" or names(value, empty=True)):
                 raise ArgumentError(f"{name} must be a list of column names, got {value!r}")
+        if self.split is not None:
+            object.__setattr__(self, "split_by", split_by(self.split))
 
     def _check_output(self) -> None:
         """dtype, output, super_batch_bytes, pipeline and batch_transform fit together (what a

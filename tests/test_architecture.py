@@ -20,6 +20,7 @@ LAYERS = {
     "bmmc.schema": 0,
     "checks": 1,
     "user_cache": 1,
+    "splits": 1,
     "kernels": 2,
     "formats": 2,
     "sampler": 2,
