@@ -49,13 +49,18 @@ from gpuload.handoff import Handoff
 from gpuload.options import LoaderOptions
 from gpuload.plan import build_plan
 from gpuload.sampler import load_requests, resume_point
+from gpuload.selection import Selection
 
 # Runs (iterators that have started) one loader keeps live at once; a new one closes the oldest.
 MAX_LIVE_RUNS = 4
 
 
-class MultiomeLoader:
+class MultiomeLoader(Selection):
     """Paired, shuffled mini-batches of a multiome dataset as torch tensors on the device.
+
+    What it delivers (cells, columns, obs values, categories) is read through the accessors of
+    :class:`~gpuload.selection.Selection`: :attr:`positions`, :attr:`feature_masks`,
+    :meth:`var_names`, :meth:`categories`, :meth:`obs_values`, ...
 
     Parameters
     ----------
@@ -272,28 +277,6 @@ class MultiomeLoader:
         self.position = Position(MAX_LIVE_RUNS)
         self._closed = False
 
-    @property
-    def positions(self) -> np.ndarray:
-        """The selected file rows, sorted."""
-        return self.plan.positions
-
-    @property
-    def files(self) -> tuple:
-        """The dataset's files: ``batch["file"]`` (a list of files) indexes this."""
-        return self.store.files
-
-    @property
-    def modalities(self):
-        return self.plan.modalities
-
-    @property
-    def transforms(self):
-        return self.plan.transforms
-
-    def var_names(self, modality: str) -> list[str]:
-        """The var names of ``batch[modality]``'s columns, in output order."""
-        return self.plan.var_names_of(modality)
-
     # -- DataLoader semantics ---------------------------------------------------------------
     def __len__(self) -> int:
         return self.epoch_sampler.n_batches(self.batch_size, self.epoch)
@@ -305,10 +288,6 @@ class MultiomeLoader:
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` for the next iteration (like ``DistributedSampler``)."""
         self.position.move_to(int(epoch), 0)
-
-    def categories(self, key: str) -> list[str]:
-        """The category list behind ``batch["obs_codes"][key]``."""
-        return self.plan.categories_of(key)
 
     def state_dict(self) -> dict:
         """Where this rank is: enough for a fresh process to resume the same epoch exactly."""

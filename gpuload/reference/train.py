@@ -198,7 +198,7 @@ def train(
             shuffle=False,
             rank=0,
             world_size=1,
-            features=train_loader.plan.feature_masks,
+            features=train_loader.feature_masks,
             **common,
         )
         widths = {m.name: m.width for m in train_loader.modalities}
