@@ -24,6 +24,7 @@ from gpuload.errors import (
     SchemaError,
 )
 from gpuload.formats import DataSource, Modality, MultiomeStore, open_multiome
+from gpuload.handoff import Handoff, register_handoff
 from gpuload.loader import MultiomeLoader
 from gpuload.options import LoaderOptions
 
@@ -37,6 +38,7 @@ __all__ = [
     "DataValueError",
     "DeviceError",
     "GpuloadError",
+    "Handoff",
     "InputFileError",
     "LoaderOptions",
     "Modality",
@@ -45,8 +47,20 @@ __all__ = [
     "ObsKeyError",
     "SchemaError",
     "open_multiome",
+    "register_handoff",
     "write_synthetic",
 ]
+
+
+def _dali_handoff() -> Handoff:
+    """``pipeline="dali"``: the DALI integration, imported when the name is chosen (DALI itself
+    when the first run starts)."""
+    from gpuload.integrations.dali import DaliHandoff
+
+    return DaliHandoff()
+
+
+register_handoff("dali", _dali_handoff)
 
 
 def __getattr__(name: str) -> Any:

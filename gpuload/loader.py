@@ -11,8 +11,8 @@ Data flow of one epoch, as this module composes it:
 3. :class:`~gpuload.epoch.EpochRun` runs two background threads: the reader
    (:class:`~gpuload.fetch.BlockFetcher`: file -> device row block) and the assembler
    (:class:`~gpuload.assembly.BatchAssembler`: kernels, obs, masks -> batch dict).
-4. The batches reach the training loop natively (zero-copy) or through DALI
-   (:mod:`gpuload.integrations.dali`).
+4. The batches reach the training loop through the hand-off ``pipeline=`` chose
+   (:mod:`gpuload.handoff`): natively (zero-copy), through DALI or through the user's own stage.
 
 Exactness: every epoch visits each selected cell exactly once (plus the documented DDP padding),
 in the documented order (under ``weights=``, the epoch's draw instead); ``state_dict`` records
@@ -33,7 +33,8 @@ own epoch and run to its end.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,16 +45,22 @@ from gpuload.epoch import EpochRun, LoaderIterator, Position
 from gpuload.errors import GpuloadError
 from gpuload.fetch import BlockFetcher
 from gpuload.formats import DataSource, MultiomeStore, is_file_list, open_multiome
+from gpuload.handoff import Handoff
 from gpuload.options import LoaderOptions
 from gpuload.plan import build_plan
 from gpuload.sampler import load_requests, resume_point
+from gpuload.selection import Selection
 
 # Runs (iterators that have started) one loader keeps live at once; a new one closes the oldest.
 MAX_LIVE_RUNS = 4
 
 
-class MultiomeLoader:
+class MultiomeLoader(Selection):
     """Paired, shuffled mini-batches of a multiome dataset as torch tensors on the device.
+
+    What it delivers (cells, columns, obs values, categories) is read through the accessors of
+    :class:`~gpuload.selection.Selection`: :attr:`positions`, :attr:`feature_masks`,
+    :meth:`var_names`, :meth:`categories`, :meth:`obs_values`, ...
 
     Parameters
     ----------
@@ -108,8 +115,10 @@ class MultiomeLoader:
         (dense arrays only; for an ``.h5mu``, a modality's own as ``"rna:X_pca"``, NaN for
         cells it lacks).
     subset, split
-        Cells to use: a query string, boolean mask or integer indices; and/or the competition
-        split by batch (``"train"``, ``"val"``, ``"test"``).
+        Cells to use: a query string, boolean mask or integer indices; and/or a split: the
+        competition's by obs ``batch`` (``"train"``, ``"val"``, ``"test"``:
+        ``gpuload.bmmc.schema.SPLITS``) or the dataset's own as ``{obs column: allowed values}``
+        (``{"fold": [0, 1]}``: the cells whose ``fold`` is 0 or 1).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"`` (the current GPU), ``"cuda:N"`` (or ``"cudasim"`` in
         tests, or a :class:`~gpuload.device.Backend`).
@@ -129,7 +138,10 @@ class MultiomeLoader:
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
     pipeline
-        ``"native"`` (zero-copy hand-off) or ``"dali"`` (a DALI external-source pipeline).
+        ``"native"`` (zero-copy hand-off), ``"dali"`` (a DALI external-source pipeline), another
+        name given to :func:`~gpuload.handoff.register_handoff`, or a
+        :class:`~gpuload.handoff.Handoff` object (the user's own stage: ``check`` what it can
+        carry, ``wrap`` each run's batches).
     rank, world_size
         Data-parallel share; by default taken from ``torch.distributed`` when initialized.
     dtype
@@ -186,14 +198,14 @@ class MultiomeLoader:
         obs_keys: Sequence[str] | None = None,
         obsm_keys: Sequence[str] = (),
         subset=None,
-        split: str | None = None,
+        split: str | Mapping[str, Any] | None = None,
         device: str | torch.device | Backend = "auto",
         chunk_size: int = 256,
         window: int = 16,
         prefetch: int | None = None,
         num_threads: int | None = None,
         preload: bool | str = "auto",
-        pipeline: str = "native",
+        pipeline: str | Handoff = "native",
         rank: int | None = None,
         world_size: int | None = None,
         dtype: torch.dtype = torch.float32,
@@ -236,7 +248,7 @@ class MultiomeLoader:
                 obsm_keys=o.obsm_keys,
                 deliver_file=is_file_list(data) or len(self.store.files) > 1,
                 subset=o.subset,
-                split=o.split,
+                split=o.split_by,
                 query=frames.query,
             )
             self.epoch_sampler = o.epoch_sampler(self.positions, self.store.obs, self.store.path)
@@ -266,28 +278,6 @@ class MultiomeLoader:
         self.position = Position(MAX_LIVE_RUNS)
         self._closed = False
 
-    @property
-    def positions(self) -> np.ndarray:
-        """The selected file rows, sorted."""
-        return self.plan.positions
-
-    @property
-    def files(self) -> tuple:
-        """The dataset's files: ``batch["file"]`` (a list of files) indexes this."""
-        return self.store.files
-
-    @property
-    def modalities(self):
-        return self.plan.modalities
-
-    @property
-    def transforms(self):
-        return self.plan.transforms
-
-    def var_names(self, modality: str) -> list[str]:
-        """The var names of ``batch[modality]``'s columns, in output order."""
-        return self.plan.var_names_of(modality)
-
     # -- DataLoader semantics ---------------------------------------------------------------
     def __len__(self) -> int:
         return self.epoch_sampler.n_batches(self.batch_size, self.epoch)
@@ -299,10 +289,6 @@ class MultiomeLoader:
     def set_epoch(self, epoch: int) -> None:
         """Use the order of ``epoch`` for the next iteration (like ``DistributedSampler``)."""
         self.position.move_to(int(epoch), 0)
-
-    def categories(self, key: str) -> list[str]:
-        """The category list behind ``batch["obs_codes"][key]``."""
-        return self.plan.categories_of(key)
 
     def state_dict(self) -> dict:
         """Where this rank is: enough for a fresh process to resume the same epoch exactly."""
@@ -344,12 +330,8 @@ class MultiomeLoader:
             batch_transform=self.batch_transform,
             give_back=self.rings.give_back,
         )
-        source = iter(run)
-        if self.pipeline == "dali":
-            from gpuload.integrations.dali import dali_batches
-
-            source = dali_batches(source, names=self.plan.names, batch_size=widest, backend=self.backend)
-        return run, source
+        handoff = self.options.handoff
+        return run, handoff.wrap(iter(run), names=self.plan.names, batch_size=widest, backend=self.backend)
 
     def close(self) -> None:
         """Stop and join every live iterator's threads, release page-locked memory and close the

@@ -37,9 +37,11 @@ from gpuload.assembly import OUTPUT_DTYPES, OUTPUTS
 from gpuload.checks import non_negative_int, one_of, positive_int, weight_array
 from gpuload.device import Backend
 from gpuload.errors import ArgumentError
+from gpuload.handoff import NATIVE, Handoff, NativeHandoff, resolve_handoff
 from gpuload.plan import cell_weights
 from gpuload.plan.transforms import TRANSFORMS, parse_transform
 from gpuload.sampler import EpochSampler, distributed_share, shuffle_mode
+from gpuload.splits import split_by
 from gpuload.user_sampler import UserSampler, check_user_sampler
 
 DEFAULT_BATCH_SIZE, DEFAULT_PREFETCH = 32, 2
@@ -89,7 +91,7 @@ class LoaderOptions:
     obs_keys: Sequence[str] | None = None
     obsm_keys: Sequence[str] = ()
     subset: Any = None
-    split: str | None = None
+    split: str | Mapping[str, Any] | None = None  # a named split, or {obs column: allowed values}
     device: str | torch.device | Backend = "auto"
     chunk_size: int = 256
     window: int = 16
@@ -97,7 +99,7 @@ class LoaderOptions:
     # every core by default: what the loader alone is fastest with
     num_threads: int = field(default_factory=lambda: os.cpu_count() or 1)
     preload: bool | str = "auto"
-    pipeline: str = "native"
+    pipeline: str | Handoff = NATIVE
     rank: int | None = None
     world_size: int | None = None
     dtype: torch.dtype = torch.float32
@@ -110,6 +112,9 @@ class LoaderOptions:
     batch_transform: Callable[[dict], dict] | None = None
     sampler: Any = None
     batch_sampler: Any = None
+    # resolved by __post_init__: the stage pipeline= names, the cells split= asks for
+    handoff: Handoff = field(default=NativeHandoff(), init=False, repr=False, compare=False)
+    split_by: dict[str, tuple] | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def from_arguments(
@@ -148,7 +153,7 @@ class LoaderOptions:
         for name in ("prefetch", "num_threads"):  # None: the default
             if name in arguments and arguments[name] is None:
                 del arguments[name]
-        unknown = sorted(set(arguments) - {f.name for f in fields(cls)})
+        unknown = sorted(set(arguments) - {f.name for f in fields(cls) if f.init})
         if unknown:
             raise TypeError(f"MultiomeLoader() got unexpected keyword arguments {unknown}")
         return cls(**arguments)
@@ -257,8 +262,8 @@ class LoaderOptions:
             positive_int("num_samples", self.num_samples)
 
     def _check_selection(self) -> None:
-        """modalities, layer, feature_type_key, transform, obs_keys and obsm_keys, as far as they
-        can be checked without the file (``split`` is the dataset's: the plan checks it)."""
+        """modalities, layer, feature_type_key, transform, obs_keys, obsm_keys and split, as far as
+        they can be checked without the file (the plan finds split's columns in obs)."""
         m = self.modalities
         if not (m is None or isinstance(m, str) or names(m, empty=True) or names(m, empty=True, keyed=True)):
             raise ArgumentError(
@@ -283,33 +288,23 @@ class LoaderOptions:
             value = getattr(self, name)
             if not (value is None and name == "obs_keys" or names(value, empty=True)):
                 raise ArgumentError(f"{name} must be a list of column names, got {value!r}")
+        if self.split is not None:
+            object.__setattr__(self, "split_by", split_by(self.split))
 
     def _check_output(self) -> None:
-        """dtype, output, super_batch_bytes, pipeline and batch_transform fit together."""
+        """dtype, output, super_batch_bytes, pipeline and batch_transform fit together (what a
+        pipeline can carry, its hand-off says: :mod:`gpuload.handoff`)."""
         one_of("dtype", self.dtype, OUTPUT_DTYPES)
         one_of("output", self.output, OUTPUTS)
         if self.super_batch_bytes is not None:
             positive_int("super_batch_bytes", self.super_batch_bytes)
-        one_of("pipeline", self.pipeline, ("native", "dali"))
         if self.batch_transform is not None and not callable(self.batch_transform):
             raise ArgumentError(
                 f"batch_transform must be a callable batch -> batch or None, got {self.batch_transform!r}"
             )
-        if self.pipeline != "dali":
-            return
-        if self.dtype == torch.bfloat16:
-            raise ArgumentError(
-                "pipeline='dali' cannot carry bfloat16 (DALI has no such type); use float16 or float32"
-            )
-        if self.output != "dense":
-            raise ArgumentError(
-                f"pipeline='dali' carries dense batches only; use output='dense', not {self.output!r}"
-            )
-        if self.batch_transform is not None:
-            raise ArgumentError(
-                "batch_transform cannot be used with pipeline='dali': DALI hands over a fixed set of "
-                "named tensors; transform the batches DALI yields, or use pipeline='native'"
-            )
+        handoff = resolve_handoff(self.pipeline)
+        handoff.check(dtype=self.dtype, output=self.output, batch_transform=self.batch_transform)
+        object.__setattr__(self, "handoff", handoff)
 
     def epoch_sampler(
         self, positions: np.ndarray, obs: pd.DataFrame, path: Path | str

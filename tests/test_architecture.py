@@ -20,6 +20,7 @@ LAYERS = {
     "bmmc.schema": 0,
     "checks": 1,
     "user_cache": 1,
+    "splits": 1,
     "kernels": 2,
     "formats": 2,
     "sampler": 2,
@@ -28,6 +29,8 @@ LAYERS = {
     "plan": 3,
     "device": 4,
     "fetch": 5,
+    "selection": 5,
+    "handoff": 5,
     "batch_columns": 5,
     "assembly": 6,
     "background": 6,
@@ -43,8 +46,9 @@ LAYERS = {
     "__init__": 11,
     "__main__": 12,
 }
-# The one arrow against the flow: ``pipeline="dali"`` imports its integration when chosen.
-ALLOWED_UPWARD = {("loader", "integrations.dali")}
+# Arrows against the flow allowed: none (``pipeline="dali"`` is a hand-off the package registers,
+# gpuload.handoff; the loader does not import it).
+ALLOWED_UPWARD: set[tuple[str, str]] = set()
 # Modules allowed over MAX_LINES, and why.
 MAX_LINES = 400
 LONG_MODULES = {
@@ -154,6 +158,33 @@ def test_loader_class_is_thin():
     docstring = ast.get_docstring(cls) or ""
     lines = cls.end_lineno - cls.lineno + 1 - len(docstring.splitlines())
     assert lines <= 200, f"MultiomeLoader has {lines} lines of code (docstring excluded)"
+
+
+# What sits above the loader: applications and integrations.
+APPLICATIONS = {"integrations", "reference", "cli", "lightning", "scvi"}
+
+
+def test_applications_read_loaders_through_their_accessors():
+    """Applications and integrations read a loader through its public accessors
+    (``feature_masks``, ``obs_values``, ``categories``, ... of gpuload.selection), not through the
+    plan or the store behind it: ``.plan`` is read on nothing but ``self``, and ``.store.<name>``
+    only as ``self.store`` (an object reading the store it opened itself)."""
+    hits = []
+    for module, path in _modules().items():
+        if _unit(module).split(".")[0] not in APPLICATIONS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Attribute | ast.Subscript):
+                continue
+            inner = node.value
+            reached = inner if isinstance(inner, ast.Attribute) and inner.attr == "store" else None
+            if isinstance(node, ast.Attribute) and node.attr == "plan":
+                reached = node
+            if reached is not None and not (
+                isinstance(reached.value, ast.Name) and reached.value.id == "self"
+            ):
+                hits.append(f"{path.relative_to(ROOT)}:{node.lineno}: {ast.unparse(node)}")
+    assert not hits, "\n".join(sorted(set(hits)))
 
 
 # Device work outside gpuload/device: what would escape the backend's ledger and stream.

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from gpuload import MultiomeLoader
-from gpuload.errors import ArgumentError, DataValueError
+from gpuload.errors import ArgumentError, DataValueError, ObsKeyError
 
 from .conftest import SMALL, file_digest
 
@@ -265,3 +265,24 @@ def test_preload_out_of_memory_falls_back_to_streaming(small_h5ad, monkeypatch):
         rows = np.concatenate([b["index"].numpy() for b in loader])
     np.testing.assert_array_equal(rows, np.arange(600))
     assert calls[0] == 600 and max(calls[1:]) < 600
+
+
+def test_public_accessors(small_h5ad, small_adata):
+    """What applications read instead of ``loader.plan`` / ``loader.store``: the chosen columns
+    (a ``features=`` another loader takes) and any obs column of the selected cells."""
+    subset = "cell_type in ['NK', 'CD14+ Mono']"
+    loader = MultiomeLoader(
+        small_h5ad, subset=subset, features={"ATAC": {"top": 30}}, obs_keys=[], device="cpu", layer="counts"
+    )
+    cells = small_adata.obs.query(subset)
+    np.testing.assert_array_equal(loader.positions, np.flatnonzero(small_adata.obs.index.isin(cells.index)))
+    masks = loader.feature_masks
+    assert masks["GEX"].all() and masks["ATAC"].sum() == 30
+    atac_names = small_adata.var_names[small_adata.var["feature_types"] == "ATAC"]
+    assert loader.var_names("ATAC") == list(atac_names[masks["ATAC"]])
+    same = MultiomeLoader(small_h5ad, features=masks, obs_keys=[], device="cpu", layer="counts")
+    assert same.var_names("ATAC") == loader.var_names("ATAC")
+    for key in ("cell_type", "GEX_n_genes", "batch"):  # not delivered (obs_keys=[]), still readable
+        np.testing.assert_array_equal(loader.obs_values(key), cells[key].to_numpy())
+    with pytest.raises(ObsKeyError, match="obs has no column 'celltype'"):
+        loader.obs_values("celltype")

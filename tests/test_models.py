@@ -3,7 +3,9 @@ CPU run on synthetic data that must beat the competition's baselines on held-out
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 
 import numpy as np
 import pytest
@@ -11,7 +13,8 @@ import torch
 from scipy import stats
 
 from gpuload.bmmc.synth import write_synthetic
-from gpuload.errors import SchemaError
+from gpuload.errors import ArgumentError, SchemaError
+from gpuload.reference.config import TrainConfig
 from gpuload.reference.metrics import batch_asw, embedding_scores, matching_matrix
 from gpuload.reference.models import (
     MultiomeVAE,
@@ -193,7 +196,8 @@ def trained(tmp_path_factory) -> tuple[dict, object]:
         folder / "synth.h5ad", n_cells=3000, n_genes=1000, n_peaks=5000, seed=7, progress=False
     )
     out = folder / "out"
-    metrics = train(data, features=SMALL_FEATURES, device="cpu", out_dir=out, seed=0, progress=False)
+    config = TrainConfig(features=SMALL_FEATURES, device="cpu", out_dir=out, seed=0, progress=False)
+    metrics = train(data, config)
     return metrics, out
 
 
@@ -227,7 +231,7 @@ def test_training_writes_its_outputs(trained) -> None:
 def test_training_needs_both_modalities(real_gex, tmp_path) -> None:
     """The real 500-cell starter file holds GEX only: a clear error, before any training."""
     with pytest.raises(SchemaError, match="paired GEX \\+ ATAC"):
-        train(real_gex, out_dir=tmp_path, device="cpu", progress=False)
+        train(real_gex, TrainConfig(out_dir=tmp_path, device="cpu", progress=False))
 
 
 def test_embedding_scores_agree_with_scib_metrics() -> None:
@@ -280,3 +284,35 @@ def test_train_cli_rejects_a_negative_feature_count(tmp_path, capsys) -> None:
 
     code = main(["train", str(tmp_path / "any.h5ad"), "--top-peaks", "-3", "--out", str(tmp_path)])
     assert code == 2 and "--top-peaks must be 0 (all features) or a positive count" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("epochs", 0, "epochs must be a positive integer, got 0"),
+        ("batch_size", 2.5, "batch_size must be a positive integer"),
+        ("hidden", None, "hidden must be a positive integer"),
+        ("latent_dim", -1, "latent_dim must be a positive integer"),
+        ("inputs", "coo", "inputs must be one of"),
+        ("features", "some", "features must be 'all' or {modality: spec}"),
+        ("device", "tpu", "device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'tpu'"),
+        ("seed", -1, "seed must be a non-negative integer"),
+        ("max_cells", 0, "max_cells must be a positive integer"),
+        ("umap", "yes", "umap must be True or False"),
+        ("gex", 3, "gex must be a name or None"),
+        ("out_dir", 3, "out_dir must be a folder path"),
+    ],
+)
+def test_train_config_names_the_bad_field(field, value, message) -> None:
+    with pytest.raises(ArgumentError, match=re.escape(message)):
+        TrainConfig(**{field: value})
+
+
+def test_train_config_is_frozen_with_one_spelling(tmp_path) -> None:
+    config = TrainConfig(features=None, out_dir=str(tmp_path))
+    assert config.features == "all" and config.out_dir == tmp_path
+    assert TrainConfig().features == {"GEX": {"top": 2000}, "ATAC": {"top": 10000}}
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # type: ignore[misc]
+    with pytest.raises(ArgumentError, match="train\\(\\) takes a TrainConfig"):
+        train(tmp_path / "any.h5ad", {"epochs": 1})  # type: ignore[arg-type]

@@ -9,11 +9,13 @@ import inspect
 import os
 import threading
 
+import anndata
 import numpy as np
 import pytest
 import torch
 
 from gpuload import MultiomeLoader
+from gpuload.bmmc.schema import SPLITS
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.errors import ArgumentError
 from gpuload.options import LoaderOptions
@@ -115,6 +117,10 @@ BAD = [
         "batch_transform cannot be used with pipeline='dali'",
     ),
     ({"batch_transform": 3}, "batch_transform must be a callable"),
+    ({"split": "training"}, r"split must be one of \['train', 'val', 'test'\].*got 'training'"),
+    ({"split": {}}, r"an {obs column: allowed values} mapping.*got {}"),
+    ({"split": {"batch": []}}, "got no values for obs 'batch'"),
+    ({"split": {3: ["a"]}}, "got the column 3"),
     ({"cache_dir": 3}, "cache_dir"),
     ({"weights": [[1.0, 2.0]]}, "weights must hold one weight per selected cell"),
     ({"weights": [1.0, -1.0]}, "non-negative"),
@@ -237,3 +243,25 @@ def test_options_are_frozen_and_spelled_once():
     )
     with pytest.raises(AttributeError):
         options.batch_size = 3  # type: ignore[misc]
+
+
+def test_split_by_name_or_by_obs_values(tiny):
+    """``split="train"`` is the competition's split, data the options resolve (the plan knows no
+    dataset); any dataset's own split is ``{obs column: allowed values}``."""
+    obs = anndata.read_h5ad(tiny, backed="r").obs
+    named = _loader(tiny, split="val")
+    assert LoaderOptions(split="val").split_by == {"batch": SPLITS["val"]}
+    np.testing.assert_array_equal(named.positions, np.flatnonzero(obs["batch"].isin(SPLITS["val"])))
+    own = _loader(tiny, split={"cell_type": ["NK", "CD14+ Mono"], "batch": "s1d1"}, shuffle=False)
+    wanted = obs["cell_type"].isin(["NK", "CD14+ Mono"]) & (obs["batch"] == "s1d1")
+    np.testing.assert_array_equal(own.positions, np.flatnonzero(wanted))
+    np.testing.assert_array_equal(np.concatenate([b["index"].numpy() for b in own]), own.positions)
+    saver = _loader(tiny, split="train", seed=3)
+    it = iter(saver)
+    next(it)
+    resumed = _loader(tiny, split="train", seed=3)
+    resumed.load_state_dict(saver.state_dict())
+    rest = np.concatenate([b["index"].numpy() for b in resumed])
+    np.testing.assert_array_equal(rest, np.concatenate(saver.batch_rows(0)[1:]))
+    with pytest.raises(ArgumentError, match=r"split={'batch': \['nowhere'\]} selects no cells"):
+        _loader(tiny, split={"batch": ["nowhere"]})

@@ -10,6 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from gpuload import open_multiome
+from gpuload.bmmc.schema import SPLITS
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
 from gpuload.plan.obs import subset_positions
@@ -120,7 +121,7 @@ def test_subsets_and_splits(small_h5ad):
         mask = obs["cell_type"].to_numpy() == "NK"
         np.testing.assert_array_equal(subset_positions(obs, mask, None, store.path), np.flatnonzero(mask))
         np.testing.assert_array_equal(subset_positions(obs, [9, 2, 4], None, store.path), [2, 4, 9])
-        train = subset_positions(obs, None, "train", store.path)
+        train = subset_positions(obs, None, {"batch": SPLITS["train"]}, store.path)
         assert set(obs["batch"].iloc[train].astype(str)) <= {
             "s1d1",
             "s1d3",
@@ -131,8 +132,14 @@ def test_subsets_and_splits(small_h5ad):
             "s3d6",
             "s3d10",
         }
-        both = subset_positions(obs, "GEX_n_genes > 50", "test", store.path)
-        assert set(both) <= set(subset_positions(obs, None, "test", store.path))
+        test = {"batch": SPLITS["test"]}
+        both = subset_positions(obs, "GEX_n_genes > 50", test, store.path)
+        assert set(both) <= set(subset_positions(obs, None, test, store.path))
+        nk = subset_positions(obs, None, {"cell_type": ["NK"], "batch": ["s1d1", "s4d1"]}, store.path)
+        wanted = (obs["cell_type"] == "NK") & obs["batch"].isin(["s1d1", "s4d1"])
+        np.testing.assert_array_equal(nk, np.flatnonzero(wanted))
+        with pytest.raises(ObsKeyError, match="split selects cells by obs 'fold', which obs lacks"):
+            subset_positions(obs, None, {"fold": [0]}, store.path)
         with pytest.raises(ArgumentError, match="selects no cells"):
             subset_positions(obs, "GEX_n_genes < 0", None, store.path)
         with pytest.raises(ArgumentError, match="duplicates"):

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gpuload.errors import ArgumentError, SchemaError
+from gpuload.reference.config import TrainConfig
 from gpuload.reference.inputs import open_training_inputs
 from gpuload.reference.train import train
 from tests.conftest import REAL_GEX
@@ -34,7 +35,7 @@ def real_h5mu():
 
 
 def _trained(data, out, **options) -> tuple[dict, str]:
-    metrics = train(data, out_dir=out, **SHORT, **options)
+    metrics = train(data, TrainConfig(out_dir=out, **SHORT, **options))
     assert json.loads((out / "metrics.json").read_text()) == metrics
     return metrics, (out / "report.md").read_text()
 

@@ -1,7 +1,10 @@
-"""Hand-off of assembled batches to PyTorch through a DALI external-source pipeline.
+"""Hand-off of assembled batches to PyTorch through a DALI external-source pipeline
+(:class:`DaliHandoff`, ``pipeline="dali"``: a :class:`~gpuload.handoff.Handoff` that
+``gpuload/__init__.py`` registers; the loader never imports this module).
 
-The native hand-off (the default, in :mod:`gpuload.loader`) needs nothing here: the kernels
-write into torch memory, so a batch reaches the model without a copy (same ``data_ptr``).
+The native hand-off (the default, :class:`~gpuload.handoff.NativeHandoff`) needs nothing here:
+the kernels write into torch memory, so a batch reaches the model without a copy (same
+``data_ptr``).
 
 ``pipeline="dali"`` feeds the same device buffers to ``fn.external_source`` (``no_copy=True``,
 on the GPU with the reader's CUDA stream) and takes the outputs back through
@@ -15,10 +18,12 @@ On a machine without a GPU the same pipeline runs on the CPU (``device_id=None``
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
-from gpuload.errors import DeviceError
+import torch
+
+from gpuload.errors import ArgumentError, DeviceError
 
 if TYPE_CHECKING:
     from gpuload.device import Backend
@@ -35,6 +40,30 @@ def _import_dali():
             f"pipeline='dali' needs NVIDIA DALI, which is not installed; {DALI_INSTALL_HINT}"
         ) from e
     return fn, pipeline_def, DALIGenericIterator
+
+
+class DaliHandoff:
+    """``pipeline="dali"``: dense float32 or float16 batches through :func:`dali_batches`."""
+
+    def check(self, *, dtype: torch.dtype, output: str, batch_transform: Callable | None) -> None:
+        if dtype == torch.bfloat16:
+            raise ArgumentError(
+                "pipeline='dali' cannot carry bfloat16 (DALI has no such type); use float16 or float32"
+            )
+        if output != "dense":
+            raise ArgumentError(
+                f"pipeline='dali' carries dense batches only; use output='dense', not {output!r}"
+            )
+        if batch_transform is not None:
+            raise ArgumentError(
+                "batch_transform cannot be used with pipeline='dali': DALI hands over a fixed set of "
+                "named tensors; transform the batches DALI yields, or use pipeline='native'"
+            )
+
+    def wrap(
+        self, batches: Iterator[dict], *, names: Sequence[str], batch_size: int, backend: Backend
+    ) -> Iterator[dict]:
+        return dali_batches(batches, names=names, batch_size=batch_size, backend=backend)
 
 
 def dali_batches(

@@ -166,7 +166,7 @@ class MultiomeDataModule(L.LightningDataModule):
         train = self._loader(
             "train", self.loader_options.get("shuffle", True), self.loader_options.get("features")
         )
-        chosen = train.plan.feature_masks
+        chosen = train.feature_masks
         self.loaders = {"train": train}
         for stage_name in STAGES[1:]:
             if stage_name in self.subsets:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from math import ceil, floor
 
 import numpy as np
+import pandas as pd
 import scvi
 import torch
 from scvi.model.base import BaseModelClass
@@ -146,7 +147,7 @@ class ScviDataModule(MultiomeDataModule):
             data, batch_size=batch_size, features=features, **self.inference_options
         )
         self.var_names = self.inference_loader.var_names(modality)
-        chosen = self.inference_loader.plan.feature_masks  # the same columns in every loader
+        chosen = self.inference_loader.feature_masks  # the same columns in every loader
         self.inference_options["features"] = chosen
         self.split_given = split is not None
         if not self.split_given:
@@ -157,17 +158,11 @@ class ScviDataModule(MultiomeDataModule):
         self.batch_labels = np.array(["0"], dtype=object)
         if batch_key is not None:
             self.batch_labels = self._categories(batch_key, "batch_key")
-            if self._obs_column(batch_key).isna().any():
+            if pd.isna(self.inference_loader.obs_values(batch_key)).any():
                 raise ArgumentError(
                     f"batch_key={batch_key!r}: some cells have no batch; scvi needs one per cell"
                 )
         self._labels_setup(labels_key)
-
-    def _obs_column(self, key: str):
-        """obs[key] of the selected cells, in file order."""
-        # MultiomeLoader.store is inferred as its constructor argument's union until loader.py
-        # annotates it (issue 25's options object rewrites that constructor)
-        return self.inference_loader.store.obs[key].iloc[self.inference_loader.positions]
 
     def _categories(self, key: str, argument: str) -> np.ndarray:
         try:
@@ -189,8 +184,8 @@ class ScviDataModule(MultiomeDataModule):
         self.labels_mapping = np.asarray(mapping, dtype=object)
         # file code -> mapping index; the last entry serves code -1 (a missing label)
         self.label_lookup = torch.tensor([mapping.index(c) for c in categories] + [len(mapping) - 1])
-        column = self._obs_column(labels_key)
-        self.labels_ = column.astype(object).where(column.notna(), self.unlabeled_category).to_numpy()
+        column = self.inference_loader.obs_values(labels_key).astype(object)
+        self.labels_ = np.where(pd.isna(column), self.unlabeled_category, column)
 
     # -- what scvi-tools 1.5's train() sets ---------------------------------------------------
     def set_batch_size(self, batch_size: int | None = None) -> None:

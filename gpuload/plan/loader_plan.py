@@ -85,7 +85,7 @@ def build_plan(
     obsm_keys: Sequence[str] = (),
     deliver_file: bool = False,
     subset=None,
-    split: str | None = None,
+    split: Mapping[str, Sequence] | None = None,
     query: Callable = query_mask,
 ) -> LoaderPlan:
     """Resolve the loader's selection options against ``store`` (arguments as

@@ -8,14 +8,13 @@ the device is the assembler's business; nothing here knows which face runs.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from gpuload.bmmc import schema
 from gpuload.errors import ArgumentError, ObsKeyError, SchemaError
 
 
@@ -64,26 +63,32 @@ def query_mask(obs: pd.DataFrame, expression: str) -> np.ndarray:
 
 
 def subset_positions(
-    obs: pd.DataFrame, subset, split: str | None, path: Path | str, query: Callable = query_mask
+    obs: pd.DataFrame,
+    subset,
+    split: Mapping[str, Collection] | None,
+    path: Path | str,
+    query: Callable = query_mask,
 ) -> np.ndarray:
     """Sorted row positions selected by ``subset`` (query string, bool mask or int indices)
-    and ``split`` (the competition split by batch); ``query(obs, expression)`` evaluates a
-    query string (a GPU face evaluates it with cuDF)."""
+    and ``split`` (``{obs column: allowed values}``: the cells whose every named column holds an
+    allowed value; a named split such as the competition's is resolved to this by the options);
+    ``query(obs, expression)`` evaluates a query string (a GPU face evaluates it with cuDF)."""
     n = len(obs)
     keep = np.ones(n, dtype=bool)
     if subset is not None:
         keep &= _subset_mask(obs, subset, path, query)
-    if split is not None:
-        if split not in schema.SPLITS:
-            raise ArgumentError(f"split must be one of {list(schema.SPLITS)}, got {split!r}")
-        if "batch" not in obs.columns:
-            raise ObsKeyError(f"{path}: split={split!r} needs an obs 'batch' column")
-        batches = obs["batch"].astype(str).to_numpy()
-        keep &= np.isin(batches, schema.SPLITS[split])
+    for column, allowed in (split or {}).items():
+        if column not in obs.columns:
+            raise ObsKeyError(
+                f"{path}: split selects cells by obs {column!r}, which obs lacks; its columns are "
+                f"{list(obs.columns)}"
+            )
+        keep &= obs[column].isin(list(allowed)).to_numpy(dtype=bool)
     positions = np.flatnonzero(keep)
     if positions.size == 0:
         what = repr(subset) if isinstance(subset, str | None) else f"<{len(subset)} entries>"
-        raise ArgumentError(f"{path}: subset={what} split={split!r} selects no cells")
+        chosen = None if split is None else {column: list(values) for column, values in split.items()}
+        raise ArgumentError(f"{path}: subset={what} split={chosen!r} selects no cells")
     return positions
 
 

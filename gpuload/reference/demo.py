@@ -19,8 +19,9 @@ from pathlib import Path
 
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.reference.bench import format_table, run_bench
+from gpuload.reference.config import DEFAULT_EPOCHS, TrainConfig
 from gpuload.reference.report import summary_lines
-from gpuload.reference.train import DEFAULT_EPOCHS, train
+from gpuload.reference.train import train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.txt").write_text(table + "\n")
 
     print(f"[3/3] training the multimodal VAE for {args.epochs} epochs through MultiomeLoader")
-    m = train(
-        data, epochs=args.epochs, device=args.device, out_dir=args.out / "train", max_cells=args.train_cells
+    config = TrainConfig(
+        epochs=args.epochs, device=args.device, out_dir=args.out / "train", max_cells=args.train_cells
     )
+    m = train(data, config)
     widths = f"{m['n_genes']} genes, {m['n_peaks']} peaks"
     print(f"trained on {m['features']} ({widths}) in {m['train_seconds']:.0f} s")
     for line in summary_lines(m):
@@ -76,7 +78,8 @@ def _real(args: argparse.Namespace, start: float) -> int:
         )
         return 2
     print(f"training the multimodal VAE for {args.epochs} epochs on {args.real} as shipped")
-    m = train(args.real, epochs=args.epochs, device=args.device, out_dir=args.out, max_cells=args.train_cells)
+    config = TrainConfig(epochs=args.epochs, device=args.device, out_dir=args.out, max_cells=args.train_cells)
+    m = train(args.real, config)
     for line in [*m["inputs_chosen"], *summary_lines(m)]:
         print(line)
     print(f"done in {time.perf_counter() - start:.0f} s; report: {args.out / 'report.md'}")

@@ -7,9 +7,8 @@ names, else a seeded random 20%. Files as they are shipped work too: the modalit
 and obs columns are found by role (:mod:`gpuload.reference.inputs`), and the report says what
 was chosen.
 
-Features: by default the genes and peaks nonzero in the most training cells (``DEFAULT_FEATURES``),
-as the competition's entries and muon's workflows select features before training; the held-out
-cells are scored on the same. ``features="all"`` trains at full width (natural on a GPU).
+The run's settings are a :class:`~gpuload.reference.config.TrainConfig` (checked when made);
+the features are chosen on the training cells, and the held-out cells are scored on the same.
 """
 
 from __future__ import annotations
@@ -24,23 +23,25 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from gpuload.checks import one_of, positive_int
 from gpuload.device import gpu_available
 from gpuload.errors import ArgumentError
 from gpuload.loader import MultiomeLoader
+from gpuload.reference.config import (
+    ALL_FEATURES,
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_FEATURES,
+    DEFAULT_HIDDEN,
+    DEFAULT_LATENT,
+    INPUTS,
+    TrainConfig,
+)
 from gpuload.reference.inputs import ROLE_NAMES, data_argument, open_training_inputs, split_cells
 from gpuload.reference.metrics import evaluate
 from gpuload.reference.models import MultiomeVAE, as_dense, log_normalize, size_factors_of
 from gpuload.reference.report import PLOTS, plot_embedding, summary_lines, write_report
 
 LEARNING_RATE = 1e-3
-# Chosen by measurement on 3,000-5,000-cell synthetic files on a 2-core CPU (see the README).
-DEFAULT_FEATURES = {"GEX": {"top": 2000}, "ATAC": {"top": 10000}}
-DEFAULT_EPOCHS = 10
-DEFAULT_BATCH_SIZE = 128
-DEFAULT_HIDDEN = 256
-DEFAULT_LATENT = 16
-INPUTS = ("dense", "sparse_csr")
 
 
 class _FeatureMeans:
@@ -126,70 +127,43 @@ def _fit(
     return history, baseline, n_cells / (time.perf_counter() - start)
 
 
-def train(
-    data_path,
-    *,
-    epochs: int = DEFAULT_EPOCHS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    features=DEFAULT_FEATURES,
-    hidden: int = DEFAULT_HIDDEN,
-    latent_dim: int = DEFAULT_LATENT,
-    inputs: str = "dense",
-    device: str = "auto",
-    out_dir: str | os.PathLike = "train_out",
-    seed: int = 0,
-    max_cells: int | None = None,
-    progress: bool = True,
-    umap: bool = True,
-    gex: str | None = None,
-    atac: str | None = None,
-    layer: str | None = None,
-) -> dict:
+def train(data_path, config: TrainConfig | None = None) -> dict:
     """Train a MultiomeVAE on ``data_path`` (whatever :func:`~gpuload.formats.open_multiome` opens)
-    and evaluate it on held-out cells.
+    as ``config`` says (default: ``TrainConfig()``, ``gpuload train``'s defaults), and evaluate it
+    on held-out cells.
 
-    ``gex`` / ``atac`` name the modalities (default: the first of
-    :data:`~gpuload.reference.inputs.ROLE_NAMES` the data has); ``layer`` the raw counts
-    (default ``layers["counts"]``, else X when its GEX values are integers; ``"X"``: X).
-
-    ``features`` is the loader's feature selection over the training cells (``"all"``: full
-    width); ``inputs`` is how batches reach the encoders (``"dense"`` or ``"sparse_csr"``).
     Launched by ``torchrun`` (RANK/WORLD_SIZE set), every rank trains on its shard of the
     training cells (the loader shards itself) under DistributedDataParallel; rank 0 alone
     evaluates and writes. Writes ``model.pt`` (``model_args``, ``state_dict``,
     ``batch_categories``, ``var_names``), ``metrics.json``, ``report.md``, ``embedding.png`` and
-    (``umap``) ``umap.png`` to ``out_dir``, and returns the metrics with the run's settings.
+    (``config.umap``) ``umap.png`` to ``config.out_dir``, and returns the metrics with the run's
+    settings.
     """
-    for name, value in (
-        ("epochs", epochs),
-        ("batch_size", batch_size),
-        ("hidden", hidden),
-        ("latent_dim", latent_dim),
-    ):
-        positive_int(name, value)
-    one_of("inputs", inputs, INPUTS)
-    torch.manual_seed(seed)  # the same on every rank: identical initial weights
-    distributed, device = _init_distributed(str(device))
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise ArgumentError(f"train() takes a TrainConfig as config, got {config!r}")
+    torch.manual_seed(config.seed)  # the same on every rank: identical initial weights
+    distributed, device = _init_distributed(config.device)
     is_main = not distributed or torch.distributed.get_rank() == 0
-    out = Path(out_dir)
+    out = Path(config.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    found = open_training_inputs(data_path, gex=gex, atac=atac, layer=layer)
+    found = open_training_inputs(data_path, gex=config.gex, atac=config.atac, layer=config.layer)
     with found.store as store:
         batches = found.batches()
-        train_rows, test_rows, split = split_cells(batches, seed, max_cells, store.n_cells)
+        train_rows, test_rows, split = split_cells(batches, config.seed, config.max_cells, store.n_cells)
         # Raw GEX counts (the NB likelihood wants them) and binarized ATAC, on the device.
         common: dict[str, Any] = {
-            "batch_size": batch_size,
-            "seed": seed,
+            "batch_size": config.batch_size,
+            "seed": config.seed,
             "modalities": found.modalities,
             "transform": {"GEX": None, "ATAC": "binarize"},
             "obs_keys": found.obs_keys,
             "device": device,
-            "output": inputs,
+            "output": config.inputs,
             "batch_transform": found.roles,
         }
         widths = {role: store.modalities[name].width for role, name in found.modalities.items()}
-        selection = None if features == "all" else _at_most_width(features, widths)
+        selection = None if config.features == ALL_FEATURES else _at_most_width(config.features, widths)
         train_loader = MultiomeLoader(store, subset=train_rows, shuffle=True, features=selection, **common)
         # Evaluation runs on rank 0 over all held-out cells, not on a shard, on the same features.
         test_loader = MultiomeLoader(
@@ -198,7 +172,7 @@ def train(
             shuffle=False,
             rank=0,
             world_size=1,
-            features=train_loader.plan.feature_masks,
+            features=train_loader.feature_masks,
             **common,
         )
         widths = {m.name: m.width for m in train_loader.modalities}
@@ -207,20 +181,20 @@ def train(
             "n_genes": widths["GEX"],
             "n_peaks": widths["ATAC"],
             "n_batches": len(batch_categories),
-            "latent_dim": latent_dim,
-            "hidden": hidden,
+            "latent_dim": config.latent_dim,
+            "hidden": config.hidden,
             "gex_likelihood": "nb",
         }
         torch_device = train_loader.backend.torch_device
         model = MultiomeVAE(**model_args).to(torch_device)
         start = time.perf_counter()
         history, baseline, cells_per_second = _fit(
-            model, train_loader, epochs, progress and is_main, distributed
+            model, train_loader, config.epochs, config.progress and is_main, distributed
         )
         train_seconds = time.perf_counter() - start
         if not is_main:
             return {"rank": torch.distributed.get_rank(), "train_seconds": train_seconds}
-        scores, plot_data = evaluate(model, test_loader, baseline.means(), seed)
+        scores, plot_data = evaluate(model, test_loader, baseline.means(), config.seed)
         var_names = {name: train_loader.var_names(name) for name in widths}
     metrics: dict[str, Any] = dict(
         scores,
@@ -229,18 +203,18 @@ def train(
         n_train=int(train_rows.size),
         n_test=int(test_rows.size),
         inputs_chosen=found.choices,
-        features=_describe(features),
+        features=_describe(config.features),
         n_genes=widths["GEX"],
         n_peaks=widths["ATAC"],
-        inputs=inputs,
-        epochs=epochs,
-        batch_size=batch_size,
-        hidden=hidden,
+        inputs=config.inputs,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        hidden=config.hidden,
         device=str(torch_device),
-        seed=seed,
+        seed=config.seed,
         world_size=_world_size(),
         gex_likelihood=model_args["gex_likelihood"],
-        latent_dim=latent_dim,
+        latent_dim=config.latent_dim,
         loss_history=history,
         train_seconds=train_seconds,
         cells_per_second=cells_per_second,
@@ -258,7 +232,9 @@ def train(
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     for stale in PLOTS.values():  # a plot of an earlier run must not pass for this one's
         (out / stale).unlink(missing_ok=True)
-    plot_embedding(plot_data["embedding"], plot_data["cell_type"], plot_data["batch"], out, seed, umap)
+    plot_embedding(
+        plot_data["embedding"], plot_data["cell_type"], plot_data["batch"], out, config.seed, config.umap
+    )
     write_report(metrics, out / "report.md")
     return metrics
 
@@ -353,11 +329,10 @@ def run_train(args: argparse.Namespace) -> int:
         if value < 0:
             raise ArgumentError(f"{flag} must be 0 (all features) or a positive count, got {value}")
     features = {m: {"top": k} for m, k in (("GEX", args.top_genes), ("ATAC", args.top_peaks)) if k}
-    m = train(
-        args.data,
+    config = TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
-        features=features or "all",
+        features=features or ALL_FEATURES,
         hidden=args.hidden,
         latent_dim=args.latent,
         inputs=args.inputs,
@@ -370,11 +345,12 @@ def run_train(args: argparse.Namespace) -> int:
         atac=args.atac,
         layer=args.layer,
     )
+    m = train(args.data, config)
     if "rank" in m:  # a data-parallel worker: rank 0 reports
         return 0
     for line in m["inputs_chosen"]:
         print(line)
-    print(f"report: {Path(args.out) / 'report.md'}")
+    print(f"report: {Path(config.out_dir) / 'report.md'}")
     for line in summary_lines(m):
         print(line)
     return 0
