@@ -27,7 +27,9 @@ WORLD, FILES, CELLS_PER_FILE, BATCH = 64, 1000, 64, 32
 @pytest.fixture(scope="module")
 def thousand_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("atlas")
-    base = write_synthetic(folder / "plate.h5ad", n_cells=CELLS_PER_FILE, n_genes=20, n_peaks=40, progress=False)
+    base = write_synthetic(
+        folder / "plate.h5ad", n_cells=CELLS_PER_FILE, n_genes=20, n_peaks=40, progress=False
+    )
     paths = [folder / f"plate{i:04d}.h5ad" for i in range(FILES)]
     for path in paths:
         os.link(base, path)
@@ -64,7 +66,9 @@ def test_64_ranks_over_1000_files_plan_disjoint_complete_equal_shares(thousand_f
         assert every.size - np.unique(every).size == padding < WORLD, "disjoint (but for the padding)"
 
         # A rank that reads opens only the files its share lies in.
-        loader = MultiomeLoader(store, batch_size=BATCH, rank=5, world_size=WORLD, shuffle=True, obs_keys=[], device="cpu")
+        loader = MultiomeLoader(
+            store, batch_size=BATCH, rank=5, world_size=WORLD, shuffle=True, obs_keys=[], device="cpu"
+        )
         for _ in loader:
             pass
         loader.close()
