@@ -76,7 +76,8 @@ def test_64_ranks_over_1000_files_plan_disjoint_complete_equal_shares(thousand_f
     per_rank_files = [len(f) for f in files_of_rank]
     print(
         f"\n{WORLD} ranks over {FILES} files ({n} cells): open {opened:.2f} s "
-        f"({1000 * opened / FILES:.1f} ms/file); planning per rank median {1000 * np.median(seconds):.1f} ms, "
+        f"({1000 * opened / FILES:.1f} ms/file); planning per rank median "
+        f"{1000 * np.median(seconds):.1f} ms, "
         f"peak traced {np.median(traced) / 2**20:.2f} MiB ({np.median(traced) / n:.1f} B/cell); "
         f"files per rank {min(per_rank_files)}-{max(per_rank_files)}"
     )
