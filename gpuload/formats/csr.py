@@ -96,7 +96,8 @@ class CsrRows:
     """Row reads from CSR arrays; ``indices``/``data`` are h5py datasets or memory maps."""
 
     def __init__(self, indptr: np.ndarray, indices, data, n_vars: int, raw=None, sidecar=None) -> None:
-        self.indptr = np.asarray(indptr, dtype=np.int64)
+        # held compactly: 4 bytes a row while the matrix has under 2**32 stored values
+        self.indptr = np.asarray(indptr, dtype=np.uint32 if indptr[-1] < 2**32 else np.int64)
         self.indices, self.data, self.n_vars = indices, data, n_vars
         self.raw = raw  # the unbuffered file the direct reads use, if any
         self.sidecar = sidecar  # the folder of a CSC matrix's row-major copy, if that is what is read
@@ -120,7 +121,7 @@ class CsrRows:
 
     def stored_values(self, rows: np.ndarray) -> int:
         """Stored values of ``rows``: what a preload of them would hold."""
-        return int((self.indptr[rows + 1] - self.indptr[rows]).sum())
+        return int((self.indptr[rows + 1] - self.indptr[rows]).sum(dtype=np.int64))
 
     @staticmethod
     def _read_into(source, lo: int, hi: int, out: np.ndarray) -> None:
@@ -140,8 +141,8 @@ class CsrRows:
 
     def _read(self, rows: np.ndarray, empty) -> RowBlock:
         starts, stops = row_runs(rows)
-        lo, hi = self.indptr[starts], self.indptr[stops]
-        lengths = np.diff(self.indptr)[rows]
+        lo, hi = self.indptr[starts].astype(np.int64), self.indptr[stops].astype(np.int64)
+        lengths = self.indptr[rows + 1].astype(np.int64) - self.indptr[rows]  # the rows' only
         indptr = np.zeros(rows.size + 1, dtype=np.int64)
         np.cumsum(lengths, out=indptr[1:])
         total = int(indptr[-1])
