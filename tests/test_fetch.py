@@ -86,7 +86,8 @@ def test_read_groups_stop_when_told(small_h5ad):
     requests = requests_of(positions, 20, seed=2)
     stopped = threading.Event()
     with open_multiome(small_h5ad) as store:
-        groups = BlockFetcher(store, get_backend("cpu"), positions, preload=False).blocks(requests, None, stopped)
+        fetcher = BlockFetcher(store, get_backend("cpu"), positions, preload=False)
+        groups = fetcher.blocks(requests, None, stopped)
         next(groups)
         stopped.set()
         assert list(groups) == []
@@ -108,7 +109,8 @@ def test_counts_per_modality_are_the_stored_values_per_row(small_h5ad, small_ada
     rows = some_rows(SMALL["n_cells"])
     with open_multiome(small_h5ad) as store:
         layout = build_plan(store).layout
-        block = BlockFetcher(store, get_backend("cpu"), rows, preload=False, counts_for=layout).read(rows, None)
+        fetcher = BlockFetcher(store, get_backend("cpu"), rows, preload=False, counts_for=layout)
+        block = fetcher.read(rows, None)
     stored = x[rows]
     np.testing.assert_array_equal(block.counts[:, 0], stored[:, :G].getnnz(axis=1))
     np.testing.assert_array_equal(block.counts[:, 1], stored[:, G:].getnnz(axis=1))

@@ -98,9 +98,8 @@ def test_stats_equal_scipy_over_the_selected_cells(store, x):
 
 def test_normalize_total_and_tfidf_prepare_their_scales_from_the_selection(store, x):
     rows = np.arange(0, SMALL["n_cells"], 2)
-    plan = build_plan(
-        store, subset=rows, transform={"GEX": "normalize_total", "ATAC": {"name": "tfidf", "flavor": "signac"}}
-    )
+    transform = {"GEX": "normalize_total", "ATAC": {"name": "tfidf", "flavor": "signac"}}
+    plan = build_plan(store, subset=rows, transform=transform)
     gex_totals = x[rows][:, :G].sum(axis=1).A1
     target = np.median(gex_totals[gex_totals > 0])
     np.testing.assert_allclose(plan.row_scale[rows, 0], target / gex_totals, rtol=1e-5)
