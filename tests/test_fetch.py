@@ -67,15 +67,23 @@ def requests_of(positions: np.ndarray, batch_size: int, seed: int) -> list:
     return load_requests(batches, positions, chunk_size=16, window=2, batch_size=batch_size)
 
 
-def test_read_groups_come_in_request_order_and_hold_their_batches(small_h5ad, small_adata):
-    x = sp.csr_matrix(small_adata.X)
-    positions = np.arange(3, SMALL["n_cells"], 3)
-    requests = requests_of(positions, 20, seed=1)
-    with open_multiome(small_h5ad) as store:
-        fetcher = BlockFetcher(store, get_backend("cpu"), positions, preload=False)
-        served = list(fetcher.blocks(requests, None, threading.Event()))
-    assert [r for _, r in served] == requests
-    for block, request in served:
+def served(path, positions: np.ndarray, batch_size: int, seed: int, preload: bool) -> tuple:
+    """(the requests, the cpu fetcher, every (block, request) it serves for them)."""
+    requests = requests_of(positions, batch_size, seed)
+    with open_multiome(path) as store:
+        fetcher = BlockFetcher(store, get_backend("cpu"), positions, preload=preload)
+        return requests, fetcher, list(fetcher.blocks(requests, None, threading.Event()))
+
+
+@pytest.fixture(scope="module")
+def x(small_adata) -> sp.csr_matrix:
+    return sp.csr_matrix(small_adata.X)
+
+
+def test_read_groups_come_in_request_order_and_hold_their_batches(small_h5ad, x):
+    requests, _, groups = served(small_h5ad, np.arange(3, SMALL["n_cells"], 3), 20, seed=1, preload=False)
+    assert [r for _, r in groups] == requests
+    for block, request in groups:
         assert_rows(block, request.rows, x)
         for batch in request.batches:  # every batch's rows are in its group's block
             np.testing.assert_array_equal(block.rows[block.local(batch)], batch)
@@ -93,19 +101,14 @@ def test_read_groups_stop_when_told(small_h5ad):
         assert list(groups) == []
 
 
-def test_a_preload_serves_every_request_from_one_block(small_h5ad, small_adata):
-    x = sp.csr_matrix(small_adata.X)
+def test_a_preload_serves_every_request_from_one_block(small_h5ad, x):
     positions = np.arange(0, SMALL["n_cells"], 2)
-    requests = requests_of(positions, 25, seed=3)
-    with open_multiome(small_h5ad) as store:
-        fetcher = BlockFetcher(store, get_backend("cpu"), positions, preload=True)
-        served = list(fetcher.blocks(requests, None, threading.Event()))
-    assert len({id(block) for block, _ in served}) == 1 and fetcher.preloaded is served[0][0]
+    _, fetcher, blocks = served(small_h5ad, positions, 25, seed=3, preload=True)
+    assert len({id(block) for block, _ in blocks}) == 1 and fetcher.preloaded is blocks[0][0]
     assert_rows(fetcher.preloaded, positions, x)
 
 
-def test_counts_per_modality_are_the_stored_values_per_row(small_h5ad, small_adata):
-    x = sp.csr_matrix(small_adata.X)
+def test_counts_per_modality_are_the_stored_values_per_row(small_h5ad, x):
     rows = some_rows(SMALL["n_cells"])
     with open_multiome(small_h5ad) as store:
         layout = build_plan(store).layout
@@ -122,10 +125,9 @@ def test_preload_takes_true_false_or_auto(small_h5ad):
 
 
 @pytest.mark.cudasim
-def test_reads_through_a_ring_on_the_copy_stream(small_h5ad, small_adata):
+def test_reads_through_a_ring_on_the_copy_stream(small_h5ad, x):
     """The simulated GPU face: each read goes through the run's page-locked ring, is copied on
     the copy stream into fresh device memory, and its slot waits for the copy's fence."""
-    x = sp.csr_matrix(small_adata.X)
     backend = recording_backend()
     rings = RunRings.for_run(backend, prefetch=1)
     reads = [some_rows(SMALL["n_cells"]), np.arange(100, 160), np.array([599])]
