@@ -87,7 +87,7 @@ def data_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def synthetic(data_dir) -> Callable[..., Path]:
     """``synthetic(name, **shape)``: a synthetic file written once per session under ``name``
-    (gpuload's generator through anndata, no progress bar)."""
+    (gpuload's generator through anndata, no progress bar); one name is one file."""
 
     def write(name: str, **shape) -> Path:
         path = data_dir / name
@@ -97,15 +97,15 @@ def synthetic(data_dir) -> Callable[..., Path]:
 
 
 @pytest.fixture(scope="session")
-def small_h5ad(data_dir) -> Path:
+def small_h5ad(synthetic) -> Path:
     """600 cells x (120 genes + 900 peaks), CSR float32."""
-    return write_synthetic(data_dir / "small.h5ad", **SMALL, seed=1, progress=False)
+    return synthetic("small.h5ad", **SMALL, seed=1)
 
 
 @pytest.fixture(scope="session")
-def tiny_h5ad(data_dir) -> Path:
+def tiny_h5ad(synthetic) -> Path:
     """120 cells x (30 genes + 90 peaks), CSR float32: for the simulated GPU face."""
-    return write_synthetic(data_dir / "tiny.h5ad", **TINY, seed=5, progress=False)
+    return synthetic("tiny.h5ad", **TINY, seed=5)
 
 
 def recording_backend() -> SimulatedCudaBackend:
