@@ -32,7 +32,8 @@ from gpuload.plan import LoaderPlan
 
 OUTPUT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 OUTPUTS = ("dense", "sparse_csr")
-# Output bytes per super-batch, by face (see benchmarks/RESULTS.md for how they were chosen).
+# Output bytes per super-batch, by face (set by hand, not from a recorded measurement; a run holds
+# up to prefetch + 2 super-batches of output).
 SUPER_BATCH_BYTES = {"cpu": 128 << 20, "cudasim": 32 << 20, "cuda": 512 << 20}
 
 

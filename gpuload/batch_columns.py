@@ -1,9 +1,9 @@
 """What a batch's obs values are made of: lazy columns and lazy category strings.
 
-Handing out a batch costs the host a few microseconds per Python object it is made of; a batch
-with 28 obs columns would cost more in column tensors and category strings than in everything
-else. So ``batch["obs"]`` and ``batch["obs_codes"]`` make each column when it is first read, and
-a categorical column becomes strings only when they are read.
+Handing out a batch costs the host time for every Python object it is made of, and a batch with
+all of a file's obs columns (the BMMC file has 28) would be made mostly of column tensors and
+category strings. So ``batch["obs"]`` and ``batch["obs_codes"]`` make each column when it is
+first read, and a categorical column becomes strings only when they are read.
 """
 
 from __future__ import annotations
@@ -66,8 +66,8 @@ _NOT_MADE = object()
 
 class LazyColumns(MutableMapping):
     """A batch's obs columns (``batch["obs"]``, ``batch["obs_codes"]``): a mapping with every
-    column's key whose tensor (or strings) is made on first access, since making 28 column
-    tensors for every batch costs more host time than the rest of a batch's hand-out.
+    column's key whose tensor (or strings) is made on first access, so a column nobody reads
+    costs no tensor.
 
     ``LazyColumns(mapping)`` holds an ordinary mapping's items (what frameworks that rebuild
     mappings while moving a batch, such as Lightning, construct); setting and deleting keys work

@@ -1,10 +1,16 @@
 """Shared fixtures: small synthetic files written by gpuload's generator through anndata, and
-the REAL 500-cell BMMC GEX starter file from ../shared (skipped where it is absent)."""
+the REAL 500-cell BMMC starter files from ../shared (skipped, with the reason, where they are
+absent); the faces every face-parametrised test runs on, gpuload's threads, torchrun."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import socket
+import sys
+import threading
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import anndata as ad
@@ -15,7 +21,11 @@ import scipy.sparse as sp
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.device import SimulatedCudaBackend, simulator_enabled
 
-REAL_GEX = Path(__file__).resolve().parents[2] / "shared" / "data" / "bmmc_multiome_starter_gex.h5ad"
+REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REAL_GEX = REAL_DATA / "bmmc_multiome_starter_gex.h5ad"
+REAL_ATAC = REAL_DATA / "bmmc_multiome_starter_atac.h5ad"
+REAL_H5MU = REAL_DATA / "bmmc_multiome_starter.h5mu"
+FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 SMALL = {"n_cells": 600, "n_genes": 120, "n_peaks": 900}
 PARTS = (0, 250, 420, 600)  # the small file cut in three (the ``parts`` fixture)
 # The ``tiny_h5ad`` file: narrow, since the simulator runs every CUDA thread in Python.
@@ -41,21 +51,61 @@ def file_digest(path: Path) -> tuple[str, int]:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest(), os.stat(path).st_mtime_ns
 
 
+def face_cells(device: str, n_cells: int) -> dict:
+    """Loader keywords for a face: the simulator runs each CUDA thread in Python, so it gets
+    every 20th of the ``n_cells`` cells; the other faces get all."""
+    return {"subset": np.arange(0, n_cells, 20)} if device == "cudasim" else {}
+
+
+def gpuload_threads() -> list[threading.Thread]:
+    """gpuload's background threads (``gpuload-reader-N``, ``gpuload-assembler-N``)."""
+    return [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
+
+
+def torchrun(nproc: int) -> list[str]:
+    """The command that starts ``nproc`` ranks under ``torch.distributed.run`` on a free port
+    (its static rendezvous hangs on ``--master-port 0``); the script and its arguments follow."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        str(nproc),
+        "--master-port",
+        str(port),
+    ]
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("data")
 
 
 @pytest.fixture(scope="session")
-def small_h5ad(data_dir) -> Path:
-    """600 cells x (120 genes + 900 peaks), CSR float32."""
-    return write_synthetic(data_dir / "small.h5ad", **SMALL, seed=1, progress=False)
+def synthetic(data_dir) -> Callable[..., Path]:
+    """``synthetic(name, **shape)``: a synthetic file written once per session under ``name``
+    (gpuload's generator through anndata, no progress bar); one name is one file."""
+
+    def write(name: str, **shape) -> Path:
+        path = data_dir / name
+        return path if path.exists() else write_synthetic(path, progress=False, **shape)
+
+    return write
 
 
 @pytest.fixture(scope="session")
-def tiny_h5ad(data_dir) -> Path:
+def small_h5ad(synthetic) -> Path:
+    """600 cells x (120 genes + 900 peaks), CSR float32."""
+    return synthetic("small.h5ad", **SMALL, seed=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_h5ad(synthetic) -> Path:
     """120 cells x (30 genes + 90 peaks), CSR float32: for the simulated GPU face."""
-    return write_synthetic(data_dir / "tiny.h5ad", **TINY, seed=5, progress=False)
+    return synthetic("tiny.h5ad", **TINY, seed=5)
 
 
 def recording_backend() -> SimulatedCudaBackend:
@@ -98,14 +148,16 @@ VARIANTS = {
 
 
 @pytest.fixture(scope="session", params=sorted(VARIANTS))
-def variant_h5ad(request, data_dir) -> Path:
+def variant_h5ad(request, synthetic) -> Path:
     """The same cells in every on-disk encoding gpuload supports."""
-    path = data_dir / f"variant-{request.param}.h5ad"
-    if not path.exists():
-        write_synthetic(
-            path, n_cells=300, n_genes=60, n_peaks=400, seed=2, progress=False, **VARIANTS[request.param]
-        )
-    return path
+    return synthetic(
+        f"variant-{request.param}.h5ad",
+        n_cells=300,
+        n_genes=60,
+        n_peaks=400,
+        seed=2,
+        **VARIANTS[request.param],
+    )
 
 
 @pytest.fixture(scope="session")
@@ -113,6 +165,23 @@ def real_gex() -> Path:
     if not REAL_GEX.exists():
         pytest.skip(f"{REAL_GEX} not present")
     return REAL_GEX
+
+
+@pytest.fixture(scope="session")
+def real_h5mu() -> Path:
+    if not REAL_H5MU.exists():
+        pytest.skip(f"{REAL_H5MU} not present")
+    return REAL_H5MU
+
+
+@pytest.fixture(scope="session")
+def real_pair() -> tuple[ad.AnnData, ad.AnnData]:
+    """The real GEX and ATAC starter files as anndata reads them (tests copy before changing)."""
+    if not (REAL_GEX.exists() and REAL_ATAC.exists()):
+        pytest.skip(f"the real starter pair is not in {REAL_DATA} (../shared is absent)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the starter files' old categorical encoding
+        return ad.read_h5ad(REAL_GEX), ad.read_h5ad(REAL_ATAC)
 
 
 @pytest.fixture(autouse=True)

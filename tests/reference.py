@@ -92,6 +92,20 @@ def dense(value: torch.Tensor) -> np.ndarray:
     return value.cpu().numpy()
 
 
+def epoch_rows(loader) -> np.ndarray:
+    """The file rows (``batch["index"]``) one epoch of ``loader`` delivers, in order."""
+    return np.concatenate([np.empty(0, np.int64), *(b["index"].numpy() for b in loader)])
+
+
+def check_rows(batch: dict, x: np.ndarray, n_genes: int) -> np.ndarray:
+    """A dense cpu batch of a synthetic file against that file's dense ``x`` (GEX the first
+    ``n_genes`` columns, ATAC the rest) at the rows the batch names; returns the rows."""
+    rows = batch["index"].numpy()
+    np.testing.assert_array_equal(batch["GEX"].numpy(), x[rows, :n_genes])
+    np.testing.assert_array_equal(batch["ATAC"].numpy(), x[rows, n_genes:])
+    return rows
+
+
 def comparable(values) -> list:
     """Obs values as plain Python values (None for missing, float for numbers, str for text)."""
     out = []

@@ -2,25 +2,19 @@
 (cellranger / cellranger-arc, format version 2): ``matrix/{barcodes,data,indices,indptr,shape}``
 with the features x barcodes matrix in CSC, and ``matrix/features/{_all_tag_keys,feature_type,
 genome,id,name[,interval]}`` as fixed-length byte strings, root attributes as cellranger-arc
-writes them; and the REAL 500-cell BMMC pair of ``../shared/data`` in 10x's layouts (a 10x
-``.h5``, one h5ad with 10x's modality names). Shared by the tests that read such files."""
+writes them; and the REAL 500-cell BMMC pair of ``../shared/data`` (the ``real_pair`` fixture)
+in 10x's layouts (a 10x ``.h5``, one h5ad with 10x's modality names). Shared by the tests that
+read such files."""
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
-import pytest
 import scipy.sparse as sp
-
-from tests.conftest import REAL_GEX
-
-REAL_ATAC = REAL_GEX.with_name("bmmc_multiome_starter_atac.h5ad")
-REAL_H5MU = REAL_GEX.with_name("bmmc_multiome_starter.h5mu")
 
 
 def write_10x_h5(
@@ -70,15 +64,6 @@ def peak_interval(name: str) -> str:
     """``chr1-100-200`` (BMMC's peak names) as cellranger-arc's ``chr1:100-200``."""
     chrom, start, end = name.rsplit("-", 2)
     return f"{chrom}:{start}-{end}"
-
-
-def read_real_pair() -> tuple[ad.AnnData, ad.AnnData]:
-    """The real GEX and ATAC starter files (the test skips where ../shared is absent)."""
-    if not (REAL_GEX.exists() and REAL_ATAC.exists()):
-        pytest.skip(f"the real starter pair is not in {REAL_GEX.parent}")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the starter files' old categorical encoding
-        return ad.read_h5ad(REAL_GEX), ad.read_h5ad(REAL_ATAC)
 
 
 def _counts(pair) -> sp.csr_matrix:

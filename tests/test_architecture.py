@@ -207,3 +207,31 @@ def test_device_work_goes_through_the_backend():
             if DEVICE_CALLS.search(code) and not code.strip().startswith(('"', "'")):
                 hits.append(f"gpuload/{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert not hits, "\n".join(hits)
+
+
+def _architecture_rows() -> dict[str, int]:
+    """ARCHITECTURE.md's table: each module path named in a row's module cell -> the row's layer."""
+    rows = {}
+    for line in (ROOT / "ARCHITECTURE.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("|") and len(cells) == 4 and cells[2].isdigit():
+            rows |= dict.fromkeys(re.findall(r"`([\w/]+\.py)`", cells[1]), int(cells[2]))
+    return rows
+
+
+def test_architecture_names_every_module_with_its_layer():
+    """Every module file has a row in ARCHITECTURE.md's table (``| room | `path.py` | layer |
+    what it holds |``, the path below gpuload/) giving its unit's layer; no row names a file that
+    is gone. A new module needs only its row."""
+    rows = _architecture_rows()
+    files = {str(p.relative_to(PACKAGE)): module for module, p in _modules().items()}
+    missing = sorted(set(files) - set(rows))
+    assert not missing, f"add a row to ARCHITECTURE.md's table for: {missing}"
+    gone = sorted(set(rows) - set(files))
+    assert not gone, f"ARCHITECTURE.md names modules that do not exist: {gone}"
+    wrong = {
+        path: (rows[path], LAYERS[_unit(module)])
+        for path, module in files.items()
+        if rows[path] != LAYERS[_unit(module)]
+    }
+    assert not wrong, f"ARCHITECTURE.md's layer differs from LAYERS' (path: (written, LAYERS)): {wrong}"

@@ -6,35 +6,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import torchrun
 
 pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:  # torchrun's static rendezvous hangs on --master-port 0
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(nproc: int, *args: str) -> None:
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        str(nproc),
-        "--master-port",
-        str(_free_port()),
-        str(WORKER),
-        *args,
-    ]
+    cmd = [*torchrun(nproc), str(WORKER), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
@@ -91,13 +75,7 @@ def test_torchrun_training(small_h5ad, tmp_path):
     """`torchrun -m gpuload train`: each rank trains on its shard, rank 0 reports."""
     out = tmp_path / "ddp-train"
     cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "--master-port",
-        str(_free_port()),
+        *torchrun(2),
         "-m",
         "gpuload",
         "train",

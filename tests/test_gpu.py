@@ -19,6 +19,8 @@ import torch
 
 from gpuload import MultiomeLoader
 
+from .conftest import torchrun
+
 pytestmark = pytest.mark.gpu
 KWARGS = dict(
     batch_size=64,
@@ -221,15 +223,7 @@ def test_two_ranks_with_nccl(small_h5ad, tmp_path):
         pytest.skip("needs two GPUs")
     worker = Path(__file__).with_name("ddp_worker.py")
     out = tmp_path / "ranks.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        str(worker),
-        str(small_h5ad),
-    ]
+    cmd = [*torchrun(2), str(worker), str(small_h5ad)]
     env = {**os.environ, "GPULOAD_TEST_DEVICE": "cuda", "GPULOAD_TEST_BACKEND": "nccl"}
     result = subprocess.run([*cmd, str(out), "0"], capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import itertools
-import threading
 import weakref
 
 import anndata as ad
@@ -18,10 +17,10 @@ from gpuload.device import SimulatedCudaBackend, check
 from gpuload.errors import GpuloadError
 from gpuload.loader import MAX_LIVE_RUNS
 
-from .conftest import TINY, recording_backend
+from .conftest import FACES, TINY, gpuload_threads, recording_backend
+from .reference import check_rows
 
 N_GENES = TINY["n_genes"]
-FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 
 
 @pytest.fixture(scope="module")
@@ -35,20 +34,8 @@ def _loader(path, device, **kw):
     return MultiomeLoader(path, **{**options, "window": 2, "super_batch_bytes": 2 * 8 * 120 * 4, **kw})
 
 
-def _checked(batch, x) -> np.ndarray:
-    """The batch's rows, after comparing every value with the file's rows it names."""
-    rows = batch["index"].numpy()
-    np.testing.assert_array_equal(batch["GEX"].numpy(), x[rows, :N_GENES])
-    np.testing.assert_array_equal(batch["ATAC"].numpy(), x[rows, N_GENES:])
-    return rows
-
-
 def _once_each(rows: list[np.ndarray], n: int = 120) -> None:
     np.testing.assert_array_equal(np.sort(np.concatenate(rows)), np.arange(n))
-
-
-def _loader_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
 
 
 def _ordered(loader) -> None:
@@ -63,12 +50,12 @@ def test_fifty_abandoned_partial_epochs_then_a_full_one(tiny, device):
     for i in range(50):
         iterator = iter(loader)
         for batch in itertools.islice(iterator, 1 + i % 3):
-            _checked(batch, x)
+            check_rows(batch, x, N_GENES)
         del iterator  # dropped: its run is stopped and joined at once
-        assert _loader_threads() == []
+        assert gpuload_threads() == []
     assert loader.epoch == 49  # each abandoned epoch moved the position on, like DataLoader
-    _once_each([_checked(b, x) for b in loader])
-    assert loader.epoch == 51 and _loader_threads() == []
+    _once_each([check_rows(b, x, N_GENES) for b in loader])
+    assert loader.epoch == 51 and gpuload_threads() == []
     _ordered(loader)
 
 
@@ -78,8 +65,8 @@ def test_zip_of_a_loader_with_itself_gives_every_pair(tiny, device):
     loader = _loader(path, device)
     pairs = list(zip(loader, loader, strict=True))
     assert len(pairs) == len(loader) == 15
-    left = [_checked(a, x) for a, _ in pairs]
-    right = [_checked(b, x) for _, b in pairs]
+    left = [check_rows(a, x, N_GENES) for a, _ in pairs]
+    right = [check_rows(b, x, N_GENES) for _, b in pairs]
     _once_each(left)
     _once_each(right)
     for a, b in zip(left, right, strict=True):  # both iterators deliver the same epoch
@@ -93,17 +80,17 @@ def test_two_live_iterators_interleaved_to_the_end(tiny, device):
     path, x = tiny
     loader = _loader(path, device)
     first = iter(loader)
-    a = [_checked(next(first), x)]
+    a = [check_rows(next(first), x, N_GENES)]
     second = iter(loader)  # the latest left its epoch part-way: this one is the next epoch
     b = []
     for one, two in itertools.zip_longest(first, second):
-        a += [_checked(one, x)] if one is not None else []
-        b += [_checked(two, x)] if two is not None else []
+        a += [check_rows(one, x, N_GENES)] if one is not None else []
+        b += [check_rows(two, x, N_GENES)] if two is not None else []
     _once_each(a)
     _once_each(b)
     np.testing.assert_array_equal(np.concatenate(a), np.concatenate(loader.batch_rows(0)))
     np.testing.assert_array_equal(np.concatenate(b), np.concatenate(loader.batch_rows(1)))
-    assert loader.epoch == 2 and _loader_threads() == []
+    assert loader.epoch == 2 and gpuload_threads() == []
     _ordered(loader)
 
 
@@ -115,11 +102,11 @@ def test_islice_then_full_epochs_and_resume(tiny, device):
     state = loader.state_dict()
     assert (state["epoch"], state["batches_done"]) == (0, 3)
     for batch in head:
-        _checked(batch, x)
-    _once_each([_checked(b, x) for b in loader])  # epoch 1, whole
+        check_rows(batch, x, N_GENES)
+    _once_each([check_rows(b, x, N_GENES) for b in loader])  # epoch 1, whole
     resumed = _loader(path, device)
     resumed.load_state_dict(state)
-    rest = [_checked(b, x) for b in resumed]
+    rest = [check_rows(b, x, N_GENES) for b in resumed]
     _once_each([b["index"].numpy() for b in head] + rest)  # epoch 0: the 3 taken + the rest
     _ordered(loader)
     _ordered(resumed)
@@ -133,14 +120,14 @@ def test_lightning_val_then_train_pattern(tiny, device):
     train, val = _loader(path, device), _loader(path, device, shuffle=False)
     sanity = iter(val)
     for _ in range(2):
-        _checked(next(sanity), x)
+        check_rows(next(sanity), x, N_GENES)
     for epoch in range(2):
         train.set_epoch(epoch)
-        _once_each([_checked(b, x) for b in train])
-        rows = [_checked(b, x) for b in val]
+        _once_each([check_rows(b, x, N_GENES) for b in train])
+        rows = [check_rows(b, x, N_GENES) for b in val]
         np.testing.assert_array_equal(np.concatenate(rows), np.arange(120))
     del sanity
-    assert _loader_threads() == []
+    assert gpuload_threads() == []
     _ordered(train)
     _ordered(val)
 
@@ -150,9 +137,9 @@ def test_close_joins_every_run_and_refuses_more(tiny, device):
     path, x = tiny
     with _loader(path, device) as loader:
         live = iter(loader)
-        _checked(next(live), x)
-        assert _loader_threads()
-    assert _loader_threads() == []
+        check_rows(next(live), x, N_GENES)
+        assert gpuload_threads()
+    assert gpuload_threads() == []
     with pytest.raises(GpuloadError, match="was closed: its loader was closed"):
         next(live)
     with pytest.raises(GpuloadError, match="MultiomeLoader was closed"):
@@ -168,11 +155,11 @@ def test_a_run_beyond_the_limit_closes_the_oldest_which_then_says_so(tiny):
     loader = _loader(path, "cpu")
     iterators = [iter(loader) for _ in range(MAX_LIVE_RUNS + 1)]
     for it in iterators:
-        _checked(next(it), x)
+        check_rows(next(it), x, N_GENES)
     with pytest.raises(GpuloadError, match=f"{MAX_LIVE_RUNS} newer iterators"):
         next(iterators[0])
     for it in iterators[1:]:
-        _checked(next(it), x)
+        check_rows(next(it), x, N_GENES)
 
 
 def test_a_loader_nobody_holds_is_freed_without_the_cycle_collector(tiny_h5ad):

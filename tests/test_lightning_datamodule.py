@@ -14,7 +14,7 @@ import pytest
 import torch
 
 L = pytest.importorskip("lightning")
-from gpuload import ArgumentError, write_synthetic  # noqa: E402
+from gpuload import ArgumentError  # noqa: E402
 from gpuload.bmmc import schema  # noqa: E402
 from gpuload.lightning import MultiomeDataModule  # noqa: E402
 
@@ -27,15 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    return write_synthetic(
-        tmp_path_factory.mktemp("lightning") / "cells.h5ad",
-        n_cells=600,
-        n_genes=200,
-        n_peaks=300,
-        seed=4,
-        progress=False,
-    )
+def cells(synthetic):
+    return synthetic("lightning-cells.h5ad", n_cells=600, n_genes=200, n_peaks=300, seed=4)
 
 
 def test_split_modes(cells):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import anndata as ad
 import numpy as np
 import pytest
@@ -13,17 +11,10 @@ import torch
 from gpuload import MultiomeLoader
 from gpuload.errors import ArgumentError, DataValueError, ObsKeyError
 
-from .conftest import SMALL, file_digest
+from .conftest import SMALL, file_digest, gpuload_threads
+from .reference import epoch_rows
 
 G = SMALL["n_genes"]
-
-
-def _rows(loader, epoch=None):
-    return np.concatenate([b["index"].numpy() for b in loader]) if epoch is None else None
-
-
-def _reader_threads():
-    return [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
@@ -92,14 +83,14 @@ def test_shuffled_epochs_are_permutations(small_h5ad, shuffle):
     )
     loader = MultiomeLoader(small_h5ad, obs_keys=["batch"], **kwargs)
     expected = np.sort(loader.positions)
-    e0, e1 = _rows(loader), _rows(loader)
+    e0, e1 = epoch_rows(loader), epoch_rows(loader)
     np.testing.assert_array_equal(np.sort(e0), expected)
     np.testing.assert_array_equal(np.sort(e1), expected)
     assert not np.array_equal(e0, e1)
     again = MultiomeLoader(small_h5ad, obs_keys=["batch"], **kwargs)
-    np.testing.assert_array_equal(_rows(again), e0)
+    np.testing.assert_array_equal(epoch_rows(again), e0)
     again.set_epoch(1)
-    np.testing.assert_array_equal(_rows(again), e1)
+    np.testing.assert_array_equal(epoch_rows(again), e1)
     for b in MultiomeLoader(small_h5ad, batch_size=32, subset=subset, device="cpu", obs_keys=["batch"]):
         assert set(b["obs"]["batch"]) <= {"s1d1", "s2d1", "s3d6", "s4d8"}
 
@@ -144,7 +135,7 @@ def test_abandoned_iteration_starts_a_fresh_epoch(small_h5ad):
     it = iter(loader)
     next(it)
     del it
-    rows = _rows(loader)
+    rows = epoch_rows(loader)
     assert np.unique(rows).size == 600 and loader.epoch == 2
 
 
@@ -166,7 +157,7 @@ def test_reader_thread_stops_on_break_and_on_error(small_h5ad, tmp_path, small_a
     for i, _ in enumerate(loader):
         if i == 2:
             break
-    assert not _reader_threads()
+    assert not gpuload_threads()
     adata = small_adata.copy()
     adata.X = sp.csr_matrix(adata.X)
     adata.X.data[adata.X.indptr[300]] = np.nan  # a NaN in cell 300
@@ -177,7 +168,7 @@ def test_reader_thread_stops_on_break_and_on_error(small_h5ad, tmp_path, small_a
         for b in MultiomeLoader(path, batch_size=50, shuffle=False, device="cpu", obs_keys=[]):
             seen.append(b["index"])
     assert len(seen) == 6  # every batch before the bad one arrived
-    assert not _reader_threads()
+    assert not gpuload_threads()
 
 
 def test_kept_batches_are_never_overwritten(small_h5ad):
@@ -262,7 +253,7 @@ def test_preload_out_of_memory_falls_back_to_streaming(small_h5ad, monkeypatch):
 
     monkeypatch.setattr(loader.fetcher.store, "read_block", first_fails)
     with pytest.warns(RuntimeWarning, match="streaming instead"):
-        rows = np.concatenate([b["index"].numpy() for b in loader])
+        rows = epoch_rows(loader)
     np.testing.assert_array_equal(rows, np.arange(600))
     assert calls[0] == 600 and max(calls[1:]) < 600
 

@@ -13,11 +13,10 @@ import scipy.sparse as sp
 
 from gpuload import MultiomeLoader, open_multiome
 from gpuload.errors import GpuloadError
-from tests.conftest import SMALL
+from tests.conftest import FACES, SMALL, face_cells
 from tests.reference import check_epoch, pair_reference
 
 G = SMALL["n_genes"]
-FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,9 @@ def split_files(small_adata, tmp_path_factory):
 @pytest.mark.parametrize("device", FACES)
 def test_split_files_batches_equal_anndata(split_files, device):
     paths, ref = split_files
-    subset = {"subset": np.arange(0, 560, 20)} if device == "cudasim" else {}
-    loader = MultiomeLoader(paths, batch_size=64, seed=5, device=device, chunk_size=16, window=4, **subset)
+    loader = MultiomeLoader(
+        paths, batch_size=64, seed=5, device=device, chunk_size=16, window=4, **face_cells(device, 560)
+    )
     assert list(loader.store.obs.columns) == [
         "cell_type",
         "batch",

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import inspect
 import os
-import threading
 
 import anndata
 import numpy as np
@@ -16,19 +15,19 @@ import torch
 
 from gpuload import MultiomeLoader
 from gpuload.bmmc.schema import SPLITS
-from gpuload.bmmc.synth import write_synthetic
 from gpuload.errors import ArgumentError
 from gpuload.options import LoaderOptions
 from gpuload.sampler import EpochSampler
+
+from .conftest import gpuload_threads
+from .reference import epoch_rows
 
 N = 120
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir):
-    return write_synthetic(
-        data_dir / "tiny-options.h5ad", n_cells=N, n_genes=20, n_peaks=60, seed=4, progress=False
-    )
+def tiny(synthetic):
+    return synthetic("tiny-options.h5ad", n_cells=N, n_genes=20, n_peaks=60, seed=4)
 
 
 def _loader(path, **kw):
@@ -45,7 +44,7 @@ def test_falsy_shuffle_is_file_order(tiny, file_order):
     loader = _loader(tiny, shuffle=file_order)
     np.testing.assert_array_equal(_order(loader), np.arange(N))
     assert loader.state_dict()["shuffle"] is False
-    np.testing.assert_array_equal(np.concatenate([b["index"].numpy() for b in loader]), np.arange(N))
+    np.testing.assert_array_equal(epoch_rows(loader), np.arange(N))
 
 
 def test_true_one_and_block_are_one_mode(tiny):
@@ -167,12 +166,12 @@ def _first_rows(loader) -> np.ndarray:
 
 def _no_threads_left(loader) -> bool:
     list(loader)
-    return not [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
+    return not gpuload_threads()
 
 
 def _delivered_in_order(loader) -> bool:
     planned = _order(loader)
-    return np.array_equal(np.concatenate([b["index"].numpy() for b in loader]), planned)
+    return np.array_equal(epoch_rows(loader), planned)
 
 
 def _seed_drawn(loader) -> bool:

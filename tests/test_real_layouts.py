@@ -18,29 +18,17 @@ import scipy.sparse as sp
 
 from gpuload import MultiomeLoader, open_multiome
 from gpuload.errors import ArgumentError, GpuloadError, SchemaError
-from tests.conftest import file_digest
+from tests.conftest import FACES, REAL_ATAC, REAL_GEX, REAL_H5MU, face_cells, file_digest
 from tests.reference import Reference, check_batch, check_epoch, h5mu_reference, pair_reference
 
 md = pytest.importorskip("mudata")
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-GEX, ATAC = DATA / "bmmc_multiome_starter_gex.h5ad", DATA / "bmmc_multiome_starter_atac.h5ad"
-H5MU = DATA / "bmmc_multiome_starter.h5mu"
-FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 OUTPUTS = ["dense", "sparse_csr"]
 
 
-def _faced(device: str) -> dict:
-    """The simulator runs each CUDA thread in Python: it gets every 20th cell, the CPU all."""
-    return {"subset": np.arange(0, 500, 20)} if device == "cudasim" else {}
-
-
 @pytest.fixture(scope="module")
-def real() -> dict[str, ad.AnnData]:
-    missing = [p.name for p in (GEX, ATAC, H5MU) if not p.exists()]
-    if missing:
-        pytest.skip(f"the real BMMC starter files are not in {DATA} (missing {missing}; ../shared is absent)")
-    return {"GEX": ad.read_h5ad(GEX), "ATAC": ad.read_h5ad(ATAC)}
+def real(real_pair, real_h5mu) -> dict[str, ad.AnnData]:
+    return dict(zip(("GEX", "ATAC"), real_pair, strict=True))
 
 
 def _write(adata: ad.AnnData, path: Path) -> Path:
@@ -69,11 +57,18 @@ def gappy_pair(real, tmp_path_factory) -> tuple[dict[str, Path], Reference]:
 @pytest.mark.parametrize("device", FACES)
 @pytest.mark.parametrize("layout", ["files", "h5mu"])
 def test_real_layouts_batches_equal_the_reference(real, layout, device, output):
-    data = {"GEX": GEX, "ATAC": ATAC} if layout == "files" else H5MU
-    ref = pair_reference(real) if layout == "files" else h5mu_reference(H5MU)
-    before = {p: file_digest(p) for p in (GEX, ATAC, H5MU)}
+    data = {"GEX": REAL_GEX, "ATAC": REAL_ATAC} if layout == "files" else REAL_H5MU
+    ref = pair_reference(real) if layout == "files" else h5mu_reference(REAL_H5MU)
+    before = {p: file_digest(p) for p in (REAL_GEX, REAL_ATAC, REAL_H5MU)}
     loader = MultiomeLoader(
-        data, batch_size=48, seed=3, device=device, output=output, chunk_size=16, window=4, **_faced(device)
+        data,
+        batch_size=48,
+        seed=3,
+        device=device,
+        output=output,
+        chunk_size=16,
+        window=4,
+        **face_cells(device, 500),
     )
     assert [m.name for m in loader.modalities] == ["GEX", "ATAC"]
     assert list(loader.store.obs.columns) == list(ref.obs.columns)
@@ -82,20 +77,20 @@ def test_real_layouts_batches_equal_the_reference(real, layout, device, output):
     assert sorted(seen) == loader.positions.tolist() and len(seen) == len(set(seen))
     assert seen != sorted(seen)  # shuffled
     assert loader.positions.size == (25 if device == "cudasim" else 500)
-    assert {p: file_digest(p) for p in (GEX, ATAC, H5MU)} == before
+    assert {p: file_digest(p) for p in (REAL_GEX, REAL_ATAC, REAL_H5MU)} == before
 
 
 def test_real_files_obs_naming(real):
     """Shared columns under their names (cell_type: categories of both files, GEX's order while
     GEX holds every cell), each file's own as ``mod:col``; split and single-modality obs work."""
-    with open_multiome({"GEX": GEX, "ATAC": ATAC}) as store:
+    with open_multiome({"GEX": REAL_GEX, "ATAC": REAL_ATAC}) as store:
         assert list(store.obs["cell_type"].cat.categories) == list(
             real["GEX"].obs["cell_type"].cat.categories
         )
         assert "GEX:size_factors" in store.obs and "ATAC:nCount_peaks" in store.obs and "batch" in store.obs
         assert store.layers == ["counts"] and store.measured == {}
     loader = MultiomeLoader(
-        {"GEX": GEX, "ATAC": ATAC}, modalities="GEX", split="train", batch_size=500, device="cpu"
+        {"GEX": REAL_GEX, "ATAC": REAL_ATAC}, modalities="GEX", split="train", batch_size=500, device="cpu"
     )
     (batch,) = list(loader)
     assert len(batch["index"]) == (real["GEX"].obs["batch"] == "s1d1").sum()
@@ -107,7 +102,13 @@ def test_real_files_obs_naming(real):
 def test_pair_in_another_order_with_cells_missing_on_each_side(gappy_pair, device, output):
     files, ref = gappy_pair
     loader = MultiomeLoader(
-        files, batch_size=40, seed=1, device=device, output=output, obsm_keys=["ATAC:X_lsi"], **_faced(device)
+        files,
+        batch_size=40,
+        seed=1,
+        device=device,
+        output=output,
+        obsm_keys=["ATAC:X_lsi"],
+        **face_cells(device, 500),
     )
     assert list(loader.store.obs.index) == list(ref.cells) and len(ref.cells) == 500
     measured = loader.store.measured
@@ -140,9 +141,9 @@ def test_duplicate_obs_names_are_refused_naming_file_and_name(real, tmp_path):
     with pytest.raises(
         SchemaError, match=rf"dup.h5ad: obs_names are not unique \('{names[3]}' appears 2 times\)"
     ):
-        open_multiome({"GEX": GEX, "ATAC": path})
+        open_multiome({"GEX": REAL_GEX, "ATAC": path})
     with pytest.raises(SchemaError, match="dup.h5ad: obs_names are not unique"):
-        MultiomeLoader({"GEX": GEX, "ATAC": path}, device="cpu")
+        MultiomeLoader({"GEX": REAL_GEX, "ATAC": path}, device="cpu")
 
 
 def test_pair_errors_name_the_file(real, tmp_path):
@@ -150,21 +151,21 @@ def test_pair_errors_name_the_file(real, tmp_path):
     renamed.obs_names = [f"x{i}" for i in range(20)]
     path = _write(renamed, tmp_path / "renamed.h5ad")
     with pytest.raises(SchemaError, match=r"renamed.h5ad: none of its obs_names is in an earlier file"):
-        open_multiome({"GEX": GEX, "ATAC": path})
+        open_multiome({"GEX": REAL_GEX, "ATAC": path})
     both = ad.concat([real["GEX"], real["ATAC"]], axis=1, merge="first")
     both_path = _write(both, tmp_path / "both.h5ad")
     with pytest.raises(SchemaError, match=r"both.h5ad: var\['feature_types'\] names several modalities"):
-        open_multiome({"GEX": both_path, "ATAC": ATAC})
+        open_multiome({"GEX": both_path, "ATAC": REAL_ATAC})
     with pytest.raises(ArgumentError, match=r"is a MuData file; a \{modality: file\} mapping"):
-        open_multiome({"GEX": GEX, "ATAC": H5MU})
+        open_multiome({"GEX": REAL_GEX, "ATAC": REAL_H5MU})
     with pytest.raises(ArgumentError, match="empty mapping"):
         open_multiome({})
     with pytest.raises(ArgumentError, match=r"layer names modalities \['RNA'\]"):
-        open_multiome({"GEX": GEX, "ATAC": ATAC}, layer={"RNA": "counts"})
+        open_multiome({"GEX": REAL_GEX, "ATAC": REAL_ATAC}, layer={"RNA": "counts"})
     with pytest.raises(GpuloadError, match=r"no layer 'spliced'"):
-        open_multiome({"GEX": GEX, "ATAC": ATAC}, layer={"GEX": "spliced"})
+        open_multiome({"GEX": REAL_GEX, "ATAC": REAL_ATAC}, layer={"GEX": "spliced"})
     with pytest.raises(ArgumentError, match="more than once"):
-        open_multiome([{"GEX": GEX, "ATAC": ATAC}, {"GEX": GEX, "ATAC": path}])
+        open_multiome([{"GEX": REAL_GEX, "ATAC": REAL_ATAC}, {"GEX": REAL_GEX, "ATAC": path}])
 
 
 def test_list_of_two_pairs_reads_as_their_concatenation(real, tmp_path):
@@ -217,7 +218,7 @@ def test_features_transforms_and_statistics(real):
     selection of features and the training split."""
     keep = list(real["GEX"].var_names[::4])
     loader = MultiomeLoader(
-        {"GEX": GEX, "ATAC": ATAC},
+        {"GEX": REAL_GEX, "ATAC": REAL_ATAC},
         layer="counts",
         transform={"GEX": "log1p_size_factor", "ATAC": "binarize"},
         features={"GEX": keep, "ATAC": {"top": 100}},
@@ -230,8 +231,8 @@ def test_features_transforms_and_statistics(real):
     seen = check_epoch(loader, ref, rtol=1e-5)
     assert sorted(seen) == np.flatnonzero(real["GEX"].obs["batch"] == "s1d1").tolist()
     tfidf = MultiomeLoader(
-        {"GEX": GEX, "ATAC": ATAC}, modalities="ATAC", layer="counts", transform="tfidf", split="train",
-        batch_size=500, shuffle=False, device="cpu",
+        {"GEX": REAL_GEX, "ATAC": REAL_ATAC}, modalities="ATAC", layer="counts", transform="tfidf",
+        split="train", batch_size=500, shuffle=False, device="cpu",
     )  # fmt: skip
     counts = real["ATAC"].layers["counts"].toarray()[np.asarray(real["ATAC"].obs["batch"] == "s1d1")]
     (batch,) = list(tfidf)

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -39,7 +38,8 @@ from gpuload import (
 )
 from gpuload.bmmc.synth import write_synthetic
 
-from .conftest import file_digest
+from .conftest import file_digest, gpuload_threads
+from .reference import check_rows, epoch_rows
 
 N_CELLS, N_GENES, N_PEAKS = 200, 40, 200
 MAX_MESSAGE = 500  # a clear error is one line a person reads, not a dump
@@ -47,16 +47,9 @@ MAX_MESSAGE = 500  # a clear error is one line a person reads, not a dump
 
 # -- fixtures and helpers -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def base(data_dir) -> Path:
+def base(synthetic) -> Path:
     """200 cells x (40 genes + 200 peaks), CSR float32, X and layers['counts']."""
-    return write_synthetic(
-        data_dir / "reliability.h5ad",
-        n_cells=N_CELLS,
-        n_genes=N_GENES,
-        n_peaks=N_PEAKS,
-        seed=3,
-        progress=False,
-    )
+    return synthetic("reliability.h5ad", n_cells=N_CELLS, n_genes=N_GENES, n_peaks=N_PEAKS, seed=3)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +71,6 @@ def untouched():
     yield watch
     for path, digest in watched.items():
         assert file_digest(path) == digest, f"{path} was modified"
-
-
-def gpuload_threads() -> list[threading.Thread]:
-    """gpuload's background threads (``gpuload-reader``, ``gpuload-assembler``, ...)."""
-    return [t for t in threading.enumerate() if t.name.startswith("gpuload")]
 
 
 def child_processes() -> list[int]:
@@ -142,10 +130,6 @@ def replace_dataset(f: h5py.File, key: str, data, **kwargs) -> None:
     if key in f:
         del f[key]
     f.create_dataset(key, data=data, **kwargs).attrs.update(attrs)
-
-
-def epoch_rows(loader) -> np.ndarray:
-    return np.concatenate([b["index"].numpy() for b in loader])
 
 
 # -- 1. bad files: the catalogue -------------------------------------------------------------------
@@ -652,13 +636,6 @@ def test_cli_debug_shows_the_traceback(cli_runs):
 FAULT_KWARGS = dict(batch_size=8, shuffle=True, seed=1, device="cpu", chunk_size=16, window=2, prefetch=2)
 
 
-def _check_values(batches, x) -> None:
-    for b in batches:
-        rows = b["index"].numpy()
-        np.testing.assert_array_equal(b["GEX"].numpy(), x[rows, :N_GENES])
-        np.testing.assert_array_equal(b["ATAC"].numpy(), x[rows, N_GENES:])
-
-
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_file_deleted_or_replaced_mid_epoch(base, tmp_path, base_x, how, no_leftovers):
     """Unlinking the file, or ``os.replace``-ing another file onto its path, mid-epoch: the open
@@ -679,7 +656,8 @@ def test_file_deleted_or_replaced_mid_epoch(base, tmp_path, base_x, how, no_left
                 )
                 os.replace(other, path)
     np.testing.assert_array_equal(np.concatenate([b["index"].numpy() for b in batches]), order)
-    _check_values(batches, base_x)
+    for b in batches:
+        check_rows(b, base_x, N_GENES)
 
 
 def overwrite_scenario(path: str, replacement: str, how: str, original: str) -> dict:

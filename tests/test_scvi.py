@@ -13,7 +13,7 @@ import scvi  # noqa: E402
 from sklearn.cluster import KMeans  # noqa: E402
 from sklearn.metrics import normalized_mutual_info_score  # noqa: E402
 
-from gpuload import ArgumentError, write_synthetic  # noqa: E402
+from gpuload import ArgumentError  # noqa: E402
 from gpuload.scvi import ScviDataModule  # noqa: E402
 
 TRAIN = {"accelerator": "cpu", "enable_progress_bar": False, "enable_model_summary": False}
@@ -24,15 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def cells(tmp_path_factory):
-    return write_synthetic(
-        tmp_path_factory.mktemp("scvi") / "cells.h5ad",
-        n_cells=1000,
-        n_genes=200,
-        n_peaks=300,
-        seed=3,
-        progress=False,
-    )
+def cells(synthetic):
+    return synthetic("scvi-cells.h5ad", n_cells=1000, n_genes=200, n_peaks=300, seed=3)
 
 
 def test_scvi_latent_recovers_cell_types_in_file_order(cells):

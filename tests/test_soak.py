@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import gc
 import os
-import threading
 
 import numpy as np
 import pytest
 
 from gpuload import MultiomeLoader
-from gpuload.bmmc.synth import write_synthetic
 
-from .conftest import file_digest
+from .conftest import file_digest, gpuload_threads
 
 EPOCHS = 20
 MAX_GROWTH = 0.05  # RSS after the warm-up epoch may grow by less than this fraction
@@ -22,12 +20,10 @@ SUBSET = "batch in ['s1d1', 's1d2', 's2d1', 's3d6', 's4d8', 's1d3', 's2d4']"
 
 
 @pytest.fixture(scope="module")
-def soak_h5ad(data_dir):
+def soak_h5ad(synthetic):
     """Big enough that keeping one epoch's batches alive would add > 5% RSS over 20 epochs
     (~6 MB of dense float32 per epoch), small enough for ~10 s of epochs."""
-    return write_synthetic(
-        data_dir / "soak.h5ad", n_cells=N_CELLS, n_genes=N_GENES, n_peaks=N_PEAKS, seed=5, progress=False
-    )
+    return synthetic("soak.h5ad", n_cells=N_CELLS, n_genes=N_GENES, n_peaks=N_PEAKS, seed=5)
 
 
 def rss_bytes() -> int:
@@ -38,10 +34,6 @@ def rss_bytes() -> int:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def gpuload_threads() -> int:
-    return sum(t.name.startswith("gpuload") for t in threading.enumerate())
 
 
 def _settle() -> tuple[int, int]:
@@ -83,7 +75,7 @@ def test_epochs_keep_memory_flat_and_are_exact_permutations(soak_h5ad):
     assert len({o.tobytes() for o in orders}) == EPOCHS, "some epochs repeated an order"
     growth = (max(rss[1:]) - rss[0]) / rss[0]
     assert growth < MAX_GROWTH, f"RSS grew {growth:.1%} over {EPOCHS} epochs: {[r >> 20 for r in rss]} MiB"
-    assert gpuload_threads() == 0
+    assert gpuload_threads() == []
     assert file_digest(soak_h5ad) == before
 
 
@@ -101,7 +93,7 @@ def test_abandoned_epochs_and_fresh_loaders_leak_nothing(soak_h5ad):
         for i, _batch in enumerate(loader):
             if i == stop:
                 break
-        assert gpuload_threads() == 0
+        assert gpuload_threads() == []
         rows = np.concatenate([b["index"].numpy() for b in loader])
         np.testing.assert_array_equal(np.sort(rows), loader.positions, err_msg=f"round {round_}")
         del loader, _batch

@@ -16,16 +16,10 @@ import torch
 from gpuload import MultiomeLoader
 from gpuload.errors import GpuloadError, ObsKeyError, SchemaError
 from gpuload.formats import open_multiome
-from tests.conftest import PARTS, SMALL, file_digest
+from tests.conftest import FACES, PARTS, SMALL, face_cells, file_digest
 
 md = pytest.importorskip("mudata")
 G = SMALL["n_genes"]
-FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
-
-
-def _cells(device: str) -> dict:
-    """The simulator runs each CUDA thread in Python: it gets every 20th cell, the CPU all."""
-    return {"subset": np.arange(0, 580, 20)} if device == "cudasim" else {}
 
 
 def _mudata(adata: ad.AnnData, rna_rows: np.ndarray, atac_rows: np.ndarray) -> md.MuData:
@@ -91,7 +85,7 @@ def test_h5mu_batches_equal_mudata(request, fixture, device):
         obsm_keys=["joint", "rna:X_pca"],
         chunk_size=16,
         window=4,
-        **_cells(device),
+        **face_cells(device, 580),
     )
     assert [m.name for m in loader.modalities] == ["rna", "atac"]
     seen = []
@@ -113,7 +107,7 @@ def test_h5mu_batches_equal_mudata(request, fixture, device):
         cell_type = mdata["rna"].obs["cell_type"].reindex(mdata.obs_names[rows])
         assert batch["obs"]["rna:cell_type"] == [None if pd.isna(v) else str(v) for v in cell_type]
     assert sorted(seen) == loader.positions.tolist() and loader.positions.size == len(
-        _cells(device).get("subset", range(mdata.n_obs))
+        face_cells(device, 580).get("subset", range(mdata.n_obs))
     )
     assert file_digest(path) == before
 
@@ -130,7 +124,7 @@ def test_h5mu_transforms_features_sparse_and_one_modality(gappy_h5mu, device):
         transform={"rna": "log1p", "atac": "binarize"},
         features={"rna": keep},
         output="sparse_csr",
-        **_cells(device),
+        **face_cells(device, 580),
     )
     assert loader.var_names("rna") == keep
     for batch in loader:

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from gpuload import MultiomeLoader
-from gpuload.bmmc.synth import write_synthetic
 from gpuload.device import check
 from gpuload.device.happens_before import drains
 
@@ -30,10 +29,8 @@ SUBSET = np.arange(0, 300, 5)  # 60 cells
 
 
 @pytest.fixture(scope="module")
-def narrow_h5ad(data_dir):
-    return write_synthetic(
-        data_dir / "narrow.h5ad", n_cells=300, n_genes=N_GENES, n_peaks=N_PEAKS, seed=6, progress=False
-    )
+def narrow_h5ad(synthetic):
+    return synthetic("narrow.h5ad", n_cells=300, n_genes=N_GENES, n_peaks=N_PEAKS, seed=6)
 
 
 def _loader(path, **kw):

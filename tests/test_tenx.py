@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import warnings
 
-import anndata as ad
 import h5py
 import numpy as np
 import pandas as pd
@@ -19,22 +18,11 @@ import scipy.sparse as sp
 from gpuload import MultiomeLoader
 from gpuload.errors import ArgumentError, InputFileError, SchemaError
 from gpuload.formats import open_multiome
-from tests.conftest import file_digest
-from tests.tenx_writer import read_real_pair, real_as_10x_h5, real_as_10x_h5ad, write_10x_h5
+from tests.conftest import FACES, face_cells, file_digest
+from tests.tenx_writer import real_as_10x_h5, real_as_10x_h5ad, write_10x_h5
 
 sc = pytest.importorskip("scanpy")
-FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 TENX = {"GEX": "Gene Expression", "ATAC": "Peaks"}  # batch key -> the data's modality name
-
-
-def _cells(device: str, n: int) -> dict:
-    """The simulator runs each CUDA thread in Python: it gets every 20th cell, the CPU all."""
-    return {"subset": np.arange(0, n, 20)} if device == "cudasim" else {}
-
-
-@pytest.fixture(scope="module")
-def real_pair() -> tuple[ad.AnnData, ad.AnnData]:
-    return read_real_pair()
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +56,7 @@ def test_real_cells_in_10x_layouts_equal_the_reference_rows(request, layout, dev
         window=4,
         device=device,
         output=output,
-        **_cells(device, reference.n_obs),
+        **face_cells(device, reference.n_obs),
     )
     assert [m.name for m in loader.modalities] == ["GEX", "ATAC"]
     assert loader.var_names("ATAC") == list(reference.var_names[types == "Peaks"])
@@ -147,7 +135,7 @@ def test_interleaved_feature_types_in_order_of_first_appearance(mixed_10x, devic
     path, reference = mixed_10x
     types = reference.var["feature_types"].to_numpy()
     order = list(dict.fromkeys(types))
-    loader = MultiomeLoader(path, batch_size=32, seed=1, device=device, **_cells(device, 300))
+    loader = MultiomeLoader(path, batch_size=32, seed=1, device=device, **face_cells(device, 300))
     assert [m.name for m in loader.modalities] == order and order[0] == "Peaks"
     for batch in loader:
         rows = batch["index"].numpy()

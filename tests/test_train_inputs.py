@@ -16,22 +16,10 @@ from gpuload.errors import ArgumentError, SchemaError
 from gpuload.reference.config import TrainConfig
 from gpuload.reference.inputs import open_training_inputs
 from gpuload.reference.train import train
-from tests.conftest import REAL_GEX
-from tests.tenx_writer import REAL_ATAC, REAL_H5MU, read_real_pair, real_as_10x_h5, real_as_10x_h5ad
+from tests.conftest import REAL_ATAC, REAL_GEX
+from tests.tenx_writer import real_as_10x_h5, real_as_10x_h5ad
 
 SHORT = {"epochs": 2, "device": "cpu", "progress": False, "umap": False}
-
-
-@pytest.fixture(scope="module")
-def real_pair():
-    return read_real_pair()
-
-
-@pytest.fixture(scope="module")
-def real_h5mu():
-    if not REAL_H5MU.exists():
-        pytest.skip(f"{REAL_H5MU} not present")
-    return REAL_H5MU
 
 
 def _trained(data, out, **options) -> tuple[dict, str]:

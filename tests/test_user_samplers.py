@@ -20,25 +20,19 @@ from torch.utils.data import (
 )
 
 from gpuload import MultiomeLoader
-from gpuload.bmmc.synth import write_synthetic
 from gpuload.device import SimulatedCudaBackend, check
 from gpuload.errors import ArgumentError
 
+from .conftest import FACES, recording_backend
+from .reference import check_rows
+
 N_CELLS, N_GENES, N_PEAKS = 120, 24, 72  # narrow: the simulator runs every CUDA thread in Python
 SUBSET = np.arange(4, N_CELLS, 2)  # 58 selected cells: positions differ from file rows
-FACES = ["cpu", pytest.param("cudasim", marks=pytest.mark.cudasim)]
 
 
 @pytest.fixture(scope="module")
-def tiny(data_dir):
-    path = write_synthetic(
-        data_dir / "tiny-samplers.h5ad",
-        n_cells=N_CELLS,
-        n_genes=N_GENES,
-        n_peaks=N_PEAKS,
-        seed=6,
-        progress=False,
-    )
+def tiny(synthetic):
+    path = synthetic("tiny-samplers.h5ad", n_cells=N_CELLS, n_genes=N_GENES, n_peaks=N_PEAKS, seed=6)
     adata = ad.read_h5ad(path)
     return path, adata.X.toarray(), adata.obs["cell_type"].to_numpy()[SUBSET]
 
@@ -93,9 +87,7 @@ SAMPLERS = {  # name: labels -> (keyword, sampler); made twice, the twin gives t
 
 
 def _loader(path, device, **kw):
-    backend = SimulatedCudaBackend() if device == "cudasim" else device
-    if device == "cudasim":
-        backend.ledger.record = True
+    backend = recording_backend() if device == "cudasim" else device
     options = {"device": backend, "obs_keys": ["cell_type"], "subset": SUBSET, "chunk_size": 8, "window": 2}
     if "batch_sampler" not in kw:
         options["batch_size"] = 8
@@ -114,11 +106,9 @@ def _epoch(loader, x, labels) -> list[np.ndarray]:
     """The epoch's batches as positions, after checking every value against the file."""
     out = []
     for batch in loader:
-        rows = batch["index"].numpy()
+        rows = check_rows(batch, x, N_GENES)
         positions = np.searchsorted(loader.positions, rows)
         np.testing.assert_array_equal(loader.positions[positions], rows)
-        np.testing.assert_array_equal(batch["GEX"].numpy(), x[rows, :N_GENES])
-        np.testing.assert_array_equal(batch["ATAC"].numpy(), x[rows, N_GENES:])
         assert list(batch["obs"]["cell_type"]) == list(labels[positions])
         out.append(positions)
     if isinstance(loader.backend, SimulatedCudaBackend):

@@ -24,6 +24,7 @@ from gpuload.plan import cell_weights
 from gpuload.sampler import EpochSampler, load_requests
 
 from .conftest import SMALL
+from .reference import epoch_rows
 
 G = SMALL["n_genes"]
 
@@ -32,10 +33,6 @@ def _within_5_sigma(counts: np.ndarray, p: np.ndarray, draws: int) -> None:
     expected = draws * p
     bound = 5 * np.sqrt(draws * p * (1 - p))
     assert (np.abs(counts - expected) <= bound).all(), (counts, expected, bound)
-
-
-def _index(loader) -> np.ndarray:
-    return np.concatenate([np.empty(0, np.int64), *(b["index"].numpy() for b in loader)])
 
 
 # -- the draw, at the sampler -----------------------------------------------------------------
@@ -141,12 +138,12 @@ def test_loader_draws_are_seeded_and_batch_rows_tell_them(small_h5ad):
     assert len(a) == 4
     planned = np.concatenate(a.batch_rows(0))
     np.testing.assert_array_equal(planned, a.positions[a.epoch_sampler.epoch_order(0)])
-    e0 = _index(a)
+    e0 = epoch_rows(a)
     np.testing.assert_array_equal(e0, planned)
-    np.testing.assert_array_equal(_index(b), e0)
-    assert not np.array_equal(_index(a), e0)  # epoch 1
+    np.testing.assert_array_equal(epoch_rows(b), e0)
+    assert not np.array_equal(epoch_rows(a), e0)  # epoch 1
     b.set_epoch(1)
-    np.testing.assert_array_equal(_index(b), np.concatenate(a.batch_rows(1)))
+    np.testing.assert_array_equal(epoch_rows(b), np.concatenate(a.batch_rows(1)))
     assert 0 not in e0  # row 0 weighs 0
 
 
@@ -156,11 +153,11 @@ def test_weights_align_with_the_selected_cells(small_h5ad):
     w = np.zeros(300)
     w[[0, 299]] = 1  # the first and last selected cells: file rows 100 and 399
     loader = MultiomeLoader(small_h5ad, subset=subset, weights=w, device="cpu", obs_keys=[])
-    assert set(_index(loader)) == {100, 399}
+    assert set(epoch_rows(loader)) == {100, 399}
     rows = MultiomeLoader(
         small_h5ad, subset=subset, weights=w, num_samples=2, replacement=False, device="cpu", obs_keys=[]
     )
-    assert sorted(_index(rows)) == [100, 399]
+    assert sorted(epoch_rows(rows)) == [100, 399]
 
 
 @pytest.mark.parametrize("stop_after", [0, 3, 8])  # 8: after the last batch
@@ -168,7 +165,7 @@ def test_weighted_resume_is_exact(small_h5ad, stop_after):
     kwargs = dict(batch_size=40, weights="cell_type", num_samples=320, seed=11, device="cpu", obs_keys=[])
     whole = MultiomeLoader(small_h5ad, **kwargs)
     whole.set_epoch(2)
-    full = _index(whole)
+    full = epoch_rows(whole)
     first = MultiomeLoader(small_h5ad, **kwargs)
     first.set_epoch(2)
     it = iter(first)
@@ -177,7 +174,7 @@ def test_weighted_resume_is_exact(small_h5ad, stop_after):
     assert state["num_samples"] == 320 and state["replacement"] is True and len(state["weights"]) == 16
     fresh = MultiomeLoader(small_h5ad, **kwargs)
     fresh.load_state_dict(state)
-    np.testing.assert_array_equal(np.concatenate([*head, _index(fresh)]), full)
+    np.testing.assert_array_equal(np.concatenate([*head, epoch_rows(fresh)]), full)
 
 
 def test_resume_refuses_another_weighting(small_h5ad):
@@ -277,7 +274,7 @@ def test_weighted_batches_on_the_simulated_gpu(small_h5ad, small_adata, output):
     sim = MultiomeLoader(small_h5ad, device="cudasim", **kwargs)
     assert _check_against_file(sim, small_adata, sparse=output == "sparse_csr") > 5
     cpu = MultiomeLoader(small_h5ad, device="cpu", **kwargs)
-    np.testing.assert_array_equal(_index(cpu), np.concatenate(sim.batch_rows(0)))
+    np.testing.assert_array_equal(epoch_rows(cpu), np.concatenate(sim.batch_rows(0)))
 
 
 # -- bad input --------------------------------------------------------------------------------

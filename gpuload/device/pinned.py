@@ -115,8 +115,8 @@ class RunRings:
 
 
 class RingPool:
-    """The :class:`RunRings` of a loader's runs: one set is kept between runs (re-pinning a
-    read buffer costs milliseconds per epoch); a run started while another is live gets its own.
+    """The :class:`RunRings` of a loader's runs: one set is kept between runs (so an epoch does
+    not page-lock its read buffers again); a run started while another is live gets its own.
     ``None`` throughout on faces without streams."""
 
     def __init__(self, backend: Backend, prefetch: int) -> None:

@@ -38,7 +38,8 @@ class DirectArray:
     HDF5 walks its chunk index and cache for every chunk it reads, holding the GIL; anndata
     writes sparse arrays in ~40 KB chunks, so a 4 MB span is ~100 trips through that machinery.
     Reading the bytes straight into the output buffer (offsets from ``chunk_iter``; the GIL is
-    released during each system call) is faster (``benchmarks/store_reads.py`` times it). A short
+    released during each system call) is faster: ``benchmarks/store_reads.py`` times gpuload's row
+    reads against anndata's (benchmarks/RESULTS.md, 2026-11-24 10:22 UTC). A short
     read is an ``OSError``, never a crash (a memory map of a file truncated under it would be).
     """
 

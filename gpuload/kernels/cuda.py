@@ -12,7 +12,8 @@
 
 Each kernel is a dispatcher per output dtype (:class:`PerOutputDtype`), under launch bounds that
 cap its registers: float32 output reaches 75% theoretical occupancy in both kernels without a
-spill, float64 output (which needs more registers) what it can without one.
+spill, float64 output (which needs more registers) what it can without one (benchmarks/RESULTS.md,
+2026-12-06 21:10 UTC, "Registers, spills, occupancy").
 
 Imported only by the backend when a GPU (or the CUDA simulator, ``NUMBA_ENABLE_CUDASIM=1``) is in
 use, so a CPU-only install never compiles it; compiled kernels are cached on disk
