@@ -64,7 +64,7 @@ def test_a_read_across_files_returns_each_files_rows(parts, small_adata):
 def requests_of(positions: np.ndarray, batch_size: int, seed: int) -> list:
     order = np.random.default_rng(seed).permutation(positions)
     batches = [np.sort(order[i : i + batch_size]) for i in range(0, order.size, batch_size)]
-    return load_requests(batches, positions, chunk_size=16, window=2, batch_size=batch_size)
+    return list(load_requests(batches, positions, chunk_size=16, window=2, batch_size=batch_size))
 
 
 def served(path, positions: np.ndarray, batch_size: int, seed: int, preload: bool) -> tuple:
