@@ -318,8 +318,9 @@ class MultiomeLoader(Selection):
         s = self.epoch_sampler
         batches = s.batches(epoch, self.batch_size)[first:]  # views of the epoch's order
         widest = max((b.size for b in batches), default=1)
-        rows = (self.positions[b] for b in batches)  # file rows, made as the reads are planned
-        requests = load_requests(rows, self.positions, s.chunk_size, s.window, widest)
+        positions = self.positions
+        rows = (positions[b] for b in batches)  # file rows, made as the reads are planned
+        requests = load_requests(rows, positions, s.chunk_size, s.window, widest)
         run = EpochRun(
             requests,
             self.fetcher,
