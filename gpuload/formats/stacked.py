@@ -110,6 +110,8 @@ class _Slices:
 def _check_same_features(stores: list[MultiomeStore]) -> None:
     first = stores[0]
     for store in stores[1:]:
+        if store.var is first.var and store.modalities is first.modalities:
+            continue  # one var read once for both (formats.var_cache)
         if store.n_vars != first.n_vars:
             raise SchemaError(
                 f"{store.path}: {store.n_vars} features, but {first.path} has {first.n_vars}; "
