@@ -68,9 +68,10 @@ class ObsTable:
         values = self._read_column(key)
         if isinstance(values, pd.Series):
             values = values.array  # positional: whatever index it had is dropped
-        if len(values) != self.n_rows:
+        shape = getattr(values, "shape", ())
+        if len(shape) != 1 or shape[0] != self.n_rows:
             raise SchemaError(
-                f"{self.where}: obs column {key!r} has {len(values)} rows; expected {self.n_rows}"
+                f"{self.where}: obs column {key!r} has shape {shape}; expected ({self.n_rows},)"
             )
         return pd.Series(values, name=key, index=pd.RangeIndex(self.n_rows), copy=False)
 
