@@ -279,8 +279,8 @@ def _annbatch_settings():
     zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
 
 
-def prepare_annbatch(path: str, work: Path) -> dict:
-    """annbatch's one-off conversion: the h5ad into a pre-shuffled, sharded zarr collection."""
+def prepare_annbatch(paths: Sequence[str], work: Path) -> dict:
+    """annbatch's one-off conversion: the h5ad files into one pre-shuffled, sharded zarr collection."""
     _annbatch_settings()
     import anndata as ad
     from annbatch import DatasetCollection
@@ -293,8 +293,8 @@ def prepare_annbatch(path: str, work: Path) -> dict:
     shutil.rmtree(store, ignore_errors=True)
     t0 = time.perf_counter()
     DatasetCollection(store).add_adatas(
-        [path], load_adata=x_obs_var_only, shuffle=True, rng=np.random.default_rng(0)
-    )
+        list(paths), load_adata=x_obs_var_only, shuffle=True, rng=np.random.default_rng(0), merge="same"
+    )  # merge="same": var columns equal in every file are kept (feature_types splits the modalities)
     seconds = time.perf_counter() - t0
     size = sum(f.stat().st_size for f in store.rglob("*") if f.is_file())
     return {"prepare_s": seconds, "peak_rss_mb": peak_rss_mb(), "store_mb": size / 2**20, "store": str(store)}
@@ -592,8 +592,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--max-seconds", type=float, default=60.0, help="stop timing after this long")
     prep = sub.add_parser("prepare", help="a contender's one-off conversion")
     prep.add_argument("name", choices=["annbatch"])
+    run.add_argument("--file", required=True)
+    prep.add_argument("--file", required=True, nargs="+", help="one or more h5ad files")
     for p in (run, prep):
-        p.add_argument("--file", required=True)
         p.add_argument("--work", type=Path, required=True, help="folder for stores and results")
         p.add_argument("--out", type=Path, required=True, help="JSON result")
     args = parser.parse_args(argv)
