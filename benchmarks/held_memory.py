@@ -14,6 +14,7 @@ It reads attributes generically (``vars``), as a memory profiler does: a diagnos
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from collections.abc import Iterator
@@ -82,6 +83,12 @@ def _children(path: str, obj: object) -> Iterator[tuple[str, object]]:
                 yield f"{path}.{key}", getattr(obj, key)
 
 
-def top_holders(held: dict[str, int], n: int = 12) -> list[tuple[str, int]]:
-    """The ``n`` largest entries, largest first."""
-    return sorted(held.items(), key=lambda kv: -kv[1])[:n]
+def top_holders(held: dict[str, int], n: int = 20) -> list[tuple[str, int, int]]:
+    """The ``n`` largest entries as (path, bytes, count), largest first; paths that differ only
+    in an index (``stores[0].obs``, ``stores[1].obs``) are summed as one (``stores[*].obs``)."""
+    groups: dict[str, list[int]] = {}
+    for path, size in held.items():
+        total = groups.setdefault(re.sub(r"\[\d+\]", "[*]", path), [0, 0])
+        total[0] += size
+        total[1] += 1
+    return sorted(((p, b, c) for p, (b, c) in groups.items()), key=lambda t: -t[1])[:n]

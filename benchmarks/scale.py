@@ -285,6 +285,7 @@ def run_all(args: argparse.Namespace) -> tuple[list[dict], dict]:
                 print(f"  {case.series}: {case.cells:,} cells: skipped, {reason}", flush=True)
                 continue
             results.append(run_case(case, data, logs, args))
+            (args.out / "results.partial.json").write_text(json.dumps(results, indent=1, default=str))
         for cells in args.annbatch_sizes if "annbatch" in args.peers else []:
             results.append(run_annbatch(cells, data, logs, args))
     finally:
@@ -325,7 +326,7 @@ def child_main(args: argparse.Namespace) -> dict:
         "open_s": open_s,
         "rss_before_open_mb": rss_before,
         "rss_open_mb": current_rss_mb(),
-        "peak_rss_open_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # timing updates it
         "n_cells": loader.store.n_cells,
     }
     held = held_bytes(loader)

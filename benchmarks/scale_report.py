@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -49,12 +51,12 @@ def _num(value, fmt: str) -> str:
 
 def format_table(results: list[dict]) -> str:
     head = ["series", "cells", "files", "open s", "ms/file", "1st batch s", "cells/s", "x smallest"]
-    head += ["RSS open MB", "peak RSS MB", "B/cell open", "B/cell peak", "held MB", "note"]
+    head += ["RSS open MB", "peak RSS MB", "B/cell open", "B/cell peak", "held MB", "load", "note"]
     rows = []
     for r in results:
         ident = [r["series"], f"{r['cells']:,}", f"{r['files']:,}"]
         if r["status"] != "ok":
-            rows.append(ident + ["-"] * 10 + [f"{r['status']}: {r.get('reason', '')}"])
+            rows.append(ident + ["-"] * 11 + [f"{r['status']}: {r.get('reason', '')}"])
             continue
         rows.append(
             ident
@@ -69,6 +71,7 @@ def format_table(results: list[dict]) -> str:
                 _num(r.get("bytes_per_cell_open"), ",.0f"),
                 _num(r.get("bytes_per_cell_peak"), ",.0f"),
                 _num(r.get("held_mb"), ",.1f"),
+                _num(r.get("load_before"), ".1f"),
                 "stopped at 30 s" if r.get("stopped_early") else "",
             ]
         )
@@ -194,3 +197,20 @@ def record(run: dict, table: str, pngs: list[Path]) -> None:
     lines += ["", "Plots: " + ", ".join(f"`benchmarks/{p.name}`" for p in pngs), ""]
     with RESULTS_MD.open("a") as f:
         f.write("\n".join(lines) + "\n")
+
+
+def main(argv: list[str]) -> int:
+    """``python benchmarks/scale_report.py DIR``: the table and plots again from ``DIR/results.json``."""
+    out = Path(argv[0] if argv else "bench_out/scale")
+    run = json.loads((out / "results.json").read_text())
+    per_cell_bytes(run["results"])
+    m = run["machine"]
+    pngs = plot_all(run["results"], out, f"{m['cpu']}, {m['cores']} cores, B={run['args']['batch_size']}")
+    print(format_table(run["results"]))
+    print("\n".join(findings(run["results"])))
+    print("plots:", *pngs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
