@@ -151,7 +151,7 @@ def findings(results: list[dict]) -> list[str]:
         if r.get("bytes_per_cell_peak") is not None:
             lines.append(
                 f"{r['series']}, {r['cells']:,} cells: {r['bytes_per_cell_peak']:,.0f} B/cell (peak RSS), "
-                f"{r.get('bytes_per_cell_open', float('nan')):,.0f} B/cell (after opening) above "
+                f"{_num(r.get('bytes_per_cell_open'), ',.0f')} B/cell (after opening) above "
                 f"{r['base_cells']:,} cells (goal <= {GOAL_BYTES_PER_CELL} with cell_type)"
                 + (
                     f"; cells/s {r['cells_per_s_vs_base']:.2f}x the smallest"
