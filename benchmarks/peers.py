@@ -440,14 +440,16 @@ def _endless(epoch: Callable[[], Iterable[Batch]]) -> Iterator[Batch]:
         yield from epoch()
 
 
-def measure(contender: Contender, cells: int, max_seconds: float) -> tuple[dict, Batch]:
+def measure(
+    contender: Contender, cells: int, max_seconds: float, warmup: int = WARMUP_BATCHES
+) -> tuple[dict, Batch]:
     """First batch, warm-up, then ``cells`` cells timed (stopping early after ``max_seconds``);
     returns the numbers and one more batch, for the check."""
     iterator = _endless(contender.epoch)
     t0 = time.perf_counter()
     next(iterator)
     first_batch_s = time.perf_counter() - t0
-    for _ in range(WARMUP_BATCHES):
+    for _ in range(warmup):
         next(iterator)
     seen = batches = 0
     t0 = time.perf_counter()
@@ -467,7 +469,9 @@ def measure(contender: Contender, cells: int, max_seconds: float) -> tuple[dict,
     return numbers, next(iterator)
 
 
-def measure_best(contender: Contender, cells: int, max_seconds: float, rounds: int) -> tuple[dict, Batch]:
+def measure_best(
+    contender: Contender, cells: int, max_seconds: float, rounds: int, warmup: int = WARMUP_BATCHES
+) -> tuple[dict, Batch]:
     """``measure`` ``rounds`` times (a new iterator each), ``cells`` and ``max_seconds`` split
     between them: the fastest round's numbers (a shared machine's load only slows a round down),
     the first round's first batch (the process's), the last peak RSS, every round's cells/s, and
@@ -475,7 +479,7 @@ def measure_best(contender: Contender, cells: int, max_seconds: float, rounds: i
     rates, best, first_batch_s, batch = [], {}, None, None
     for _ in range(rounds):
         batch = None
-        numbers, batch = measure(contender, max(1, cells // rounds), max_seconds / rounds)
+        numbers, batch = measure(contender, max(1, cells // rounds), max_seconds / rounds, warmup)
         rates.append(numbers["cells_per_s"])
         first_batch_s = numbers["first_batch_s"] if first_batch_s is None else first_batch_s
         best = max(best, numbers, key=lambda n: n.get("cells_per_s", -1.0))
@@ -585,14 +589,21 @@ def check_batch(path: str, batch: Batch) -> dict:
 
 
 def run_one(
-    name: str, path: str, batch_size: int, cells: int, work: Path, max_seconds: float, rounds: int = 1
+    name: str,
+    path: str,
+    batch_size: int,
+    cells: int,
+    work: Path,
+    max_seconds: float,
+    rounds: int = 1,
+    warmup: int = WARMUP_BATCHES,
 ) -> dict:
     result = {"contender": name, "batch_size": batch_size, "python": platform.python_version()}
     try:
         contender = CONTENDERS[name].make(path, batch_size, work)
     except Skip as e:
         return {**result, "status": "skipped", "reason": str(e), "versions": _versions()}
-    numbers, batch = measure_best(contender, cells, max_seconds, rounds)
+    numbers, batch = measure_best(contender, cells, max_seconds, rounds, warmup)
     result.update(
         status="ok",
         label=contender.label,
@@ -616,6 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--cells", type=int, required=True, help="cells timed after the warm-up")
     run.add_argument("--max-seconds", type=float, default=60.0, help="stop timing after this long")
     run.add_argument("--rounds", type=int, default=1, help="timed rounds in this process; the best kept")
+    run.add_argument("--warmup", type=int, default=WARMUP_BATCHES, help="untimed batches before each round")
     prep = sub.add_parser("prepare", help="a contender's one-off conversion")
     prep.add_argument("name", choices=["annbatch"])
     run.add_argument("--file", required=True)
@@ -627,7 +639,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             result = run_one(
-                args.name, args.file, args.batch_size, args.cells, args.work, args.max_seconds, args.rounds
+                args.name,
+                args.file,
+                args.batch_size,
+                args.cells,
+                args.work,
+                args.max_seconds,
+                args.rounds,
+                args.warmup,
             )
         else:
             result = {"contender": args.name, "status": "ok", **prepare_annbatch(args.file, args.work)}

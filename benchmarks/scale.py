@@ -9,10 +9,11 @@ given to ``MultiomeLoader([...])`` as a list: N files of identical content on on
 disk is spent and every read comes from the page cache (this measures the loader, not the disk).
 "One file" datasets are written whole (``--single-file-sizes``). Each case runs in its own
 process (``scale.py child``), which opens the loader (open s, RSS after opening, the arrays it
-holds: ``held_memory.py``), then times ``--batches`` batches in three rounds, each after a new
-iterator's first and three warm-up batches (``peers.measure_best``: the fastest round's cells/s, the
-first batch of the process, peak RSS). Memory per cell is read as
-(RSS(N) - RSS(smallest N of the series)) / (N - smallest N): the cost of cells above a fixed base.
+holds: ``held_memory.py``), then times three rounds of ``--round-seconds``, each after a new
+iterator's first and ``--warmup-batches`` batches (enough to drain what the assembler made ahead), with
+``peers.measure_best``: the fastest round's cells/s, the first batch of the process, peak RSS.
+Memory per cell is read as (RSS(N) - RSS(smallest N of the series)) / (N - smallest N): the
+cost of cells above a fixed base.
 Sizes whose predicted peak RSS exceeds ``--ram-fraction`` of the free memory, or that would not fit
 the time budget, are skipped with the reason. annbatch (``peers.py``, its own venv) runs at
 ``--annbatch-sizes`` from a store converted from the same links. Everything written under
@@ -41,7 +42,6 @@ from scale_report import format_table, per_cell_bytes, plot_all, record  # noqa:
 
 SCALE = Path(__file__).resolve()
 SERIES_SIZE = "narrow, many files, dense, cell_type"
-MAX_TIMED_S = 30.0  # a case's timed loops stop here (the table says so)
 ROUNDS = 3  # timed rounds per case, in its process: the fastest is kept (a busy machine slows some)
 
 
@@ -78,7 +78,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--peaks", type=int, default=10_000)
     p.add_argument("--no-full-width", action="store_true", help="skip the full-width series")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--batches", type=int, default=160, help="batches timed per case (at most 30 s)")
+    p.add_argument("--batches", type=int, default=1_000_000, help="cap on the batches timed per case")
+    p.add_argument("--round-seconds", type=float, default=2.5, help="each of the 3 timed rounds")
+    p.add_argument("--warmup-batches", type=int, default=32, help="untimed, before each round")
     p.add_argument("--peers", nargs="*", choices=["annbatch"], default=["annbatch"])
     p.add_argument("--annbatch-sizes", type=int, nargs="*", default=[10_000, 100_000])
     p.add_argument("--annbatch-python", type=Path, default=ANNBATCH_PYTHON)
@@ -204,6 +206,7 @@ def run_case(case: Case, data: Data, logs: Path, args: argparse.Namespace) -> di
     listing.write_text("\n".join(map(str, paths)))
     command = ["child", "--paths", str(listing), "--batch-size", str(args.batch_size)]
     command += ["--batches", str(case.batches), "--output", case.output, "--obs", case.obs]
+    command += ["--round-seconds", str(args.round_seconds), "--warmup-batches", str(args.warmup_batches)]
     log = logs / f"{case.series.replace(' ', '').replace(',', '-')}-{case.cells}.log"
     print(f"  {case.series}: {case.cells:,} cells in {case.files:,} file(s) ...", end=" ", flush=True)
     result = row(case, "gpuload", child(Path(sys.executable), command, log, args.timeout, script=SCALE))
@@ -260,7 +263,7 @@ def run_annbatch(cells: int, data: Data, logs: Path, args: argparse.Namespace, s
     # The links are one inode: rows named in the base file check every link's rows.
     command = ["run", "annbatch", "--file", str(paths[0]), "--batch-size", str(args.batch_size)]
     command += ["--cells", str(args.batches * args.batch_size), "--work", str(work), "--rounds", str(ROUNDS)]
-    command += ["--max-seconds", str(MAX_TIMED_S)]
+    command += ["--max-seconds", str(ROUNDS * args.round_seconds), "--warmup", str(args.warmup_batches)]
     result = row(
         case, "annbatch", child(args.annbatch_python, command, logs / f"annbatch-{cells}.log", args.timeout)
     )
@@ -317,7 +320,7 @@ def current_rss_mb() -> float:
 
 
 def child_main(args: argparse.Namespace) -> dict:
-    """Open the loader on the listed files, say what it holds, then time ``--batches`` batches."""
+    """Open the loader on the listed files, say what it holds, then time it (``measure_best``)."""
     from held_memory import held_bytes, top_holders
     from peers import Batch, Contender, measure_best, peak_rss_mb
 
@@ -354,7 +357,13 @@ def child_main(args: argparse.Namespace) -> dict:
                 yield Batch(b[first_key], None, (), None)
 
         contender = Contender("gpuload", epoch, open_s)
-        numbers, _ = measure_best(contender, args.batches * args.batch_size, MAX_TIMED_S, ROUNDS)
+        numbers, _ = measure_best(
+            contender,
+            args.batches * args.batch_size,
+            ROUNDS * args.round_seconds,
+            ROUNDS,
+            args.warmup_batches,
+        )
         result.update(numbers, rss_end_mb=current_rss_mb())
     return result
 
@@ -364,6 +373,8 @@ def child_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--paths", type=Path, required=True, help="a text file of h5ad paths, one a line")
     p.add_argument("--batch-size", type=int, required=True)
     p.add_argument("--batches", type=int, required=True)
+    p.add_argument("--round-seconds", type=float, default=2.5)
+    p.add_argument("--warmup-batches", type=int, default=32)
     p.add_argument("--output", choices=["dense", "sparse_csr"], required=True)
     p.add_argument("--obs", choices=["cell_type", "all"], required=True)
     p.add_argument("--out", type=Path, required=True)

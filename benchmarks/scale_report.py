@@ -72,7 +72,7 @@ def format_table(results: list[dict]) -> str:
                 _num(r.get("bytes_per_cell_peak"), ",.0f"),
                 _num(r.get("held_mb"), ",.1f"),
                 _num(r.get("load_before"), ".1f"),
-                "stopped at 30 s" if r.get("stopped_early") else "",
+                f"timed {r['timed_cells']:,} cells" if r.get("timed_cells") else "",
             ]
         )
     return markdown_table(head, rows, right=set(range(1, len(head) - 1)))
@@ -98,24 +98,24 @@ def _lines(ax, series: dict[str, list[tuple[float, float]]], style: str = "o-") 
 def plot_all(results: list[dict], out: Path, subtitle: str) -> list[Path]:
     """cells/s vs cells, bytes per cell vs cells, open time vs files: three PNGs in ``out``."""
     paths = [out / name for name in PLOTS]
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     _lines(ax, _series(results, "cells_per_s"))
     ax.set(xscale="log", xlabel="cells in the dataset", ylabel="cells / s", ylim=(0, None))
     ax.set_title(f"Throughput against dataset size\n{subtitle}", fontsize=9)
     _finish(fig, ax, paths[0])
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     _lines(ax, {f"{k} (peak)": v for k, v in _series(results, "bytes_per_cell_peak").items()})
     _lines(ax, {f"{k} (open)": v for k, v in _series(results, "bytes_per_cell_open").items()}, "s--")
     ax.axhline(GOAL_BYTES_PER_CELL, color="k", lw=0.8, ls=":", label=f"goal {GOAL_BYTES_PER_CELL} B/cell")
-    ax.set(xscale="log", yscale="symlog", xlabel="cells in the dataset")
+    ax.set(xscale="log", xlabel="cells in the dataset")
     ax.set_ylabel("bytes per cell above the series' smallest size")
     ax.set_title(
         f"Resident memory per cell: (RSS(N) - RSS(smallest)) / (N - smallest)\n{subtitle}", fontsize=9
     )
     _finish(fig, ax, paths[1])
 
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, ax = plt.subplots(figsize=(11, 4.8))
     _lines(ax, _series(results, "open_s"))
     files = sorted({r["files"] for r in _measured(results)})
     ax.plot(
@@ -135,7 +135,7 @@ def plot_all(results: list[dict], out: Path, subtitle: str) -> list[Path]:
 
 def _finish(fig, ax, path: Path) -> None:
     ax.grid(which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -174,6 +174,7 @@ def record(run: dict, table: str, pngs: list[Path]) -> None:
         shutil.copyfile(png, RESULTS_MD.parent / png.name)
     writes = ", ".join(f"{name} {s:.0f} s" for name, s in run["write_s"].items())
     lines = [
+        "",
         f"## {run['date']}: scale (`benchmarks/scale.py`), B = {args['batch_size']}",
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']:.1f} GiB RAM, GPU: {m['gpu']}, "
@@ -183,9 +184,12 @@ def record(run: dict, table: str, pngs: list[Path]) -> None:
         f"{args['peaks']} peaks, {args['base_cells']} cells), bigger datasets = that file hard-linked "
         "N times and given as a list to `MultiomeLoader([...])` (one inode: reads come from the page cache); "
         "'one file' rows are written whole. All removed afterwards.",
-        f"- Each row is its own process: open = constructing the loader; then {args['batches']} batches "
-        "timed after the first and 3 warm-up batches (`peers.measure`); B/cell = (RSS - RSS of the "
-        "series' smallest size) / extra cells; held MB = arrays and frames reachable from the loader.",
+        f"- Each row is its own process: open = constructing the loader; then 3 timed rounds of "
+        f"{args['round_seconds']} s, each after a new iterator's first and {args['warmup_batches']} warm-up "
+        "batches, the fastest round kept (`peers.measure_best`; timed = its cells); "
+        "1st batch = the process's first; B/cell = (RSS - RSS of the "
+        "series' smallest size) / extra cells; held MB = arrays and frames reachable from the loader; "
+        "load = the 1-minute load average before the row's process (2 cores, shared with other work).",
         "- annbatch (when present): `Loader(chunk_size=32, preload_nchunks=256, shuffle=True)` over "
         "`DatasetCollection(shuffle=True)` with the zarrs codec pipeline (its README's throughput settings), "
         "converted from the same links; densified per batch.",
