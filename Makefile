@@ -10,7 +10,7 @@ DEMO_DIR ?= demo_out
 # The 500 real BMMC cells of the shared reference folder (an .h5mu; any file gpuload reads works).
 REAL_DATA ?= ../shared/data/bmmc_multiome_starter.h5mu
 
-.PHONY: help venv install train dev demo demo-real test test-latest test-all test-cudasim test-dali test-gpu lint format bench clean
+.PHONY: help venv install train dev demo demo-real test test-latest test-all test-cudasim test-dali test-gpu lint format annbatch-venv bench bench-scale clean
 
 help:
 	@echo "make demo      synthetic BMMC-shaped data, loader benchmark, short VAE training run"
@@ -20,6 +20,7 @@ help:
 	@echo "make test-latest  the file-reading and scvi/Lightning tests on Python 3.12 + the newest releases"
 	@echo "make lint      ruff check + format check, mypy over the package"
 	@echo "make bench     the full loader comparison (benchmarks/)"
+	@echo "make bench-scale  gpuload against dataset size and number of files, with annbatch (< 15 min)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -106,12 +107,19 @@ test-latest: $(LATEST_VENV)/.installed
 	$(LATEST_VENV)/bin/python -m pytest -q $(PYTEST_WORKERS) $(LATEST_TESTS)
 ANNBATCH_VENV = benchmarks/.venv-annbatch
 
-bench: $(VENV)/.installed-dev
-	$(BIN)/python -m pip install -q -e ".[bench]"
+# annbatch's venv, where Python 3.12 exists (without it the benchmarks report annbatch as skipped).
+annbatch-venv:
 	@if [ -n "$(PY312)" ] && [ ! -x $(ANNBATCH_VENV)/bin/python ]; then \
 		$(PY312) -m venv $(ANNBATCH_VENV) && $(ANNBATCH_VENV)/bin/pip install -q "annbatch[zarrs]>=0.3"; \
 	fi
+
+bench: $(VENV)/.installed-dev annbatch-venv
+	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python benchmarks/compare.py --out bench_out
+
+# gpuload against dataset size and number of files (benchmarks/scale.py); SCALE_ARGS adds options.
+bench-scale: $(VENV)/.installed-dev annbatch-venv
+	$(BIN)/python benchmarks/scale.py --out bench_out/scale $(SCALE_ARGS)
 
 clean:
 	rm -rf $(VENV) $(LATEST_VENV) $(DEMO_DIR) bench_out .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -68,11 +68,11 @@ def synthesize(out: Path, cells: int) -> tuple[Path, float]:
     return path, time.perf_counter() - t0
 
 
-def child(python: Path, args: list[str], log: Path, timeout: int) -> dict:
-    """Run ``peers.py`` in a fresh process; its JSON result, or why there is none."""
+def child(python: Path, args: list[str], log: Path, timeout: int, script: Path = PEERS) -> dict:
+    """Run ``script`` (``peers.py``) in a fresh process; its JSON result, or why there is none."""
     out = log.with_suffix(".json")
     out.unlink(missing_ok=True)
-    cmd = [str(python), str(PEERS), *args, "--out", str(out)]
+    cmd = [str(python), str(script), *args, "--out", str(out)]
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
     with log.open("w") as fh:
@@ -210,8 +210,12 @@ def format_table(results: list[dict]) -> str:
                 _check_text(r),
             ]
         )
+    return markdown_table(head, rows, right=set(range(1, len(head) - 1)))
+
+
+def markdown_table(head: list[str], rows: list[list[str]], right: set[int]) -> str:
+    """Padded Markdown (readable on a terminal too); the columns in ``right`` are right-aligned."""
     widths = [max(len(x) for x in col) for col in zip(head, *rows, strict=True)]
-    right = set(range(1, len(head) - 1))
 
     def line(cells: list[str]) -> str:
         pairs = enumerate(zip(cells, widths, strict=True))
