@@ -119,16 +119,17 @@ class BatchAssembler:
         b = self.backend
         with b.on_stream():
             launched = self.kind.launch(block, sb, rings)
-            obsm = {k: b.take_rows(m, launched.file_rows, f"obsm {k}") for k, m in self.obsm.items()}
+            run = launched.run
+            obsm = {k: b.take_rows(m, run.file_rows, f"obsm {k}") for k, m in self.obsm.items()}
             fence = b.fence("super-batch")
-            if rings is not None and launched.meta_slot is not None:
-                rings.meta.release(launched.meta_slot, fence)
-        n, names, meta = sb.n, launched.names, launched.meta
-        present = launched.scratch["present"].view(torch.bool)
+            if rings is not None and run.meta_slot is not None:
+                rings.meta.release(run.meta_slot, fence)
+        n, names, meta = sb.n, run.names, run.meta
+        present = run.scratch["present"].view(torch.bool)
         obs = (
-            launched.scratch["obs_f"],
-            launched.scratch["obs_i"],
-            launched.scratch["obs_u"].view(torch.bool),
+            run.scratch["obs_f"],
+            run.scratch["obs_i"],
+            run.scratch["obs_u"].view(torch.bool),
         )
         out = []
         for k, (start, stop) in enumerate(
@@ -148,10 +149,8 @@ class BatchAssembler:
             if obsm:
                 batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
             out.append(batch)
-        handed = (meta, *launched.scratch.values(), *launched.outputs, *obsm.values())
-        return Assembled(
-            out, fence, handed, None, launched.status, launched.status_fence, sb.rows, sb.batch_of
-        )
+        handed = (meta, *run.scratch.values(), *launched.outputs, *obsm.values())
+        return Assembled(out, fence, handed, None, run.status, run.status_fence, sb.rows, sb.batch_of)
 
     def settle(self, assembled: Assembled) -> Assembled:
         """``assembled`` with its status read: the batches before the first bad row's batch and

@@ -21,7 +21,7 @@ from gpuload.fetch import DeviceBlock
 @dataclass
 class DenseLaunched(Launched):
     """A dense launch: the flat output ``out``; batch ``k``'s modality ``m`` is the
-    ``shapes[k][m]`` block at ``offsets[k][m]``."""
+    ``run.shapes[k][m]`` block at ``offsets[k][m]``."""
 
     out: torch.Tensor
     offsets: list[list[int]]
@@ -31,10 +31,10 @@ class DenseLaunched(Launched):
         return (self.out,)
 
     def modalities(self, k: int) -> dict[str, torch.Tensor]:
-        shapes, offsets = self.shapes[k], self.offsets[k]
+        shapes, offsets = self.run.shapes[k], self.offsets[k]
         return {
             name: self.out.as_strided(shapes[m], (shapes[m][1], 1), offsets[m])
-            for m, name in enumerate(self.names)
+            for m, name in enumerate(self.run.names)
         }
 
 
@@ -64,15 +64,6 @@ class DenseOutput(OutputKind):
             v(out),
             *self.scratch_args(scratch),
         )
-        status, status_fence = self.run_kernel("gather_rows", n, args, scratch, (out,), rings)
-        return DenseLaunched(
-            meta,
-            slot,
-            scratch,
-            status,
-            status_fence,
-            self.names,
-            self.shapes(sizes),
-            out=self.cast(out),
-            offsets=(starts[:, None] + sizes[:, None] * self.prefix).tolist(),  # batch k, modality m
-        )
+        run = self.run_kernel("gather_rows", sb, args, (meta, slot), scratch, (out,), rings)
+        offsets = (starts[:, None] + sizes[:, None] * self.prefix).tolist()  # batch k, modality m
+        return DenseLaunched(run, self.cast(out), offsets)

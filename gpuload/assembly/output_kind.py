@@ -44,8 +44,8 @@ class SuperBatch:
 
 
 @dataclass
-class Launched(ABC):
-    """What one launch left on the device, by name.
+class KernelRun:
+    """What a launch of any kind leaves besides its outputs, by name.
 
     ``meta``: the super-batch's int64 host arrays uploaded as one (block rows, then file rows,
     then the kind's own; each row's file id last with ``plan.deliver_file``), its page-locked
@@ -72,6 +72,13 @@ class Launched(ABC):
         """The super-batch's file rows on the device."""
         return self.meta[self.n : 2 * self.n]
 
+
+@dataclass
+class Launched(ABC):
+    """One launch's result: its :class:`KernelRun` and the kind's own outputs and layout."""
+
+    run: KernelRun
+
     @property
     @abstractmethod
     def outputs(self) -> tuple[torch.Tensor, ...]:
@@ -84,21 +91,10 @@ class Launched(ABC):
 
 
 class OutputKind(ABC):
-    """One kind of output, its kernel and the layout it writes.
+    """One kind of output, its kernel and the layout it writes, for the ``plan``, ``backend``,
+    ``dtype`` and ``obs_matrices`` of a :class:`~gpuload.assembly.BatchAssembler` (see there).
 
-    Parameters
-    ----------
-    plan
-        What to deliver (modalities, layout, transforms, obs columns).
-    backend
-        Where the kernel runs and the outputs live.
-    dtype
-        Output dtype; float16/bfloat16 are cast, once per super-batch, from the kernel's float32.
-    obs_matrices
-        Packed obs matrices already on the device (``obs_f``, ``obs_i``, ``obs_u``), used
-        instead of uploading the plan's host copies.
-
-    Uploads on the backend's current stream: build it inside ``backend.on_stream()``.
+    It uploads on the backend's current stream: build it inside ``backend.on_stream()``.
     """
 
     def __init__(
@@ -196,25 +192,27 @@ class OutputKind(ABC):
     def run_kernel(
         self,
         kernel: str,
-        n: int,
+        sb: SuperBatch,
         args: tuple,
+        meta: tuple[torch.Tensor, int | None],
         scratch: dict[str, torch.Tensor],
         outputs: tuple[torch.Tensor, ...],
         rings: RunRings | None,
-    ) -> tuple[np.ndarray, Fence | None]:
-        """Launch ``kernel`` over ``n`` rows, then copy its row status to the host (page-locked,
-        no wait): the host status, and the event after that copy. The event is recorded before
-        the casts and gathers that follow, so the host's read of the status orders it after the
-        kernel only, and the consumer's stream still waits for the rest
-        (:meth:`~gpuload.device.Backend.hand_off`). Takes ``"status"`` out of ``scratch``."""
+    ) -> KernelRun:
+        """Launch ``kernel`` over ``sb``'s rows, then copy its row status to the host
+        (page-locked, no wait). The event after that copy is recorded before the casts and
+        gathers that follow, so the host's read of the status orders it after the kernel only,
+        and the consumer's stream still waits for the rest
+        (:meth:`~gpuload.device.Backend.hand_off`). ``meta``: :meth:`upload_meta`'s result;
+        takes ``"status"`` out of ``scratch``."""
         b = self.backend
-        b.launch(kernel, n, self.width, args, self._written(args, scratch, outputs))
+        b.launch(kernel, sb.n, self.width, args, self._written(args, scratch, outputs))
         slot, buffer = rings.status.take(4 * scratch["status"].numel()) if rings is not None else (None, None)
         host = b.status_to_host(scratch.pop("status"), buffer)
         fence = b.fence("status copied")
         if rings is not None and slot is not None:
             rings.status.release(slot, fence)
-        return host, fence
+        return KernelRun(*meta, scratch, host, fence, self.names, self.shapes(sb.sizes))
 
     def _written(self, args: tuple, scratch: dict, outputs: tuple) -> list:
         """The kernel arguments a launch writes (its outputs and scratch), for the ledger."""

@@ -24,7 +24,7 @@ from gpuload.fetch import DeviceBlock
 class SparseCsrLaunched(Launched):
     """A sparse launch: the entries' column ``indices`` and ``values``; batch ``k``'s modality
     ``m`` holds entries ``[seg_start[k, m], seg_stop[k, m])`` and row pointers
-    ``meta[crow_start[i] : crow_start[i + 1]]`` (``i = k * modalities + m``)."""
+    ``run.meta[crow_start[i] : crow_start[i + 1]]`` (``i = k * modalities + m``)."""
 
     indices: torch.Tensor
     values: torch.Tensor
@@ -37,15 +37,15 @@ class SparseCsrLaunched(Launched):
         return self.indices, self.values
 
     def modalities(self, k: int) -> dict[str, torch.Tensor]:
-        batch = {}
-        for m, name in enumerate(self.names):
+        batch, run = {}, self.run
+        for m, name in enumerate(run.names):
             s, e = int(self.seg_start[k, m]), int(self.seg_stop[k, m])
-            i = k * len(self.names) + m
+            i = k * len(run.names) + m
             batch[name] = torch.sparse_csr_tensor(
-                self.meta[self.crow_start[i] : self.crow_start[i + 1]],
+                run.meta[self.crow_start[i] : self.crow_start[i + 1]],
                 self.indices[s:e],
                 self.values[s:e],
-                size=self.shapes[k][m],
+                size=run.shapes[k][m],
                 check_invariants=False,
             )
         return batch
@@ -96,18 +96,6 @@ class SparseCsrOutput(OutputKind):
             v(values),
             *self.scratch_args(scratch),
         )
-        status, status_fence = self.run_kernel("fill_rows", n, args, scratch, (indices, values), rings)
-        return SparseCsrLaunched(
-            meta,
-            slot,
-            scratch,
-            status,
-            status_fence,
-            self.names,
-            self.shapes(sizes),
-            indices=indices,
-            values=self.cast(values),
-            seg_start=seg_start,
-            seg_stop=seg_start + seg,
-            crow_start=2 * n + cursor.size + np.cumsum([0, *(c.size for c in crows)]),
-        )
+        run = self.run_kernel("fill_rows", sb, args, (meta, slot), scratch, (indices, values), rings)
+        crow_start = 2 * n + cursor.size + np.cumsum([0, *(c.size for c in crows)])
+        return SparseCsrLaunched(run, indices, self.cast(values), seg_start, seg_start + seg, crow_start)
