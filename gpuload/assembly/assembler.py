@@ -126,15 +126,10 @@ class BatchAssembler:
                 rings.meta.release(run.meta_slot, fence)
         n, names, meta = sb.n, run.names, run.meta
         present = run.scratch["present"].view(torch.bool)
-        obs = (
-            run.scratch["obs_f"],
-            run.scratch["obs_i"],
-            run.scratch["obs_u"].view(torch.bool),
-        )
+        obs = (run.scratch["obs_f"], run.scratch["obs_i"], run.scratch["obs_u"].view(torch.bool))
+        starts, stops = sb.first.tolist(), (sb.first + sb.sizes).tolist()
         out = []
-        for k, (start, stop) in enumerate(
-            zip(sb.first.tolist(), (sb.first + sb.sizes).tolist(), strict=True)
-        ):
+        for k, (start, stop) in enumerate(zip(starts, stops, strict=True)):
             # One as_strided view each (the cheapest tensor to make): a batch's host cost is the
             # handful of tensor objects it is made of.
             batch: dict = launched.modalities(k)
