@@ -35,7 +35,7 @@ def test_each_kind_names_what_its_launch_left(small_h5ad):
         assert launched.run.file_rows.tolist() == [3, 4, 10, 11, 12]
         assert launched.run.shapes == [[(2, w) for w in widths], [(3, w) for w in widths]]
         assert not launched.run.status.any()
-        assert set(launched.run.scratch) == {"present", "obs_f", "obs_i", "obs_u"}  # the status went to the host
+        assert set(launched.run.scratch) == {"present", "obs_f", "obs_i", "obs_u"}  # status: to the host
     assert len(dense.outputs) == 1 and len(sparse.outputs) == 2  # values; column indices and values
     for k in range(2):
         for name, block in dense.modalities(k).items():
