@@ -1,6 +1,9 @@
 """The per-value arithmetic of batch assembly, written once.
 
-``@register_jitable`` functions compile for whichever numba target calls them. The row functions
+``@register_jitable`` functions compile for whichever numba target calls them, as do the
+:func:`inlined` ones: the step every kernel takes per stored value, dense or sparse, is two of
+them (:func:`locate`: where the value goes; :func:`entry_value`: its transform and check, its
+present bit) and a sparse entry is written by one (:func:`write_entry`). The row functions
 below them are plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
 (:mod:`gpuload.kernels.cpu`; as real calls, passing a dozen arrays per stored value costs far more)
 and ``@cuda.jit`` device functions for the CUDA kernels (:mod:`gpuload.kernels.cuda`, also run by
@@ -56,6 +59,20 @@ def _cast_like(x, like):
         return target(x)
 
     return impl
+
+
+def inlined(function):
+    """``function`` compiled into the kernels that call it, on each face: inlined at numba-IR
+    level on the CPU (as a call, it made the CPU twin several times slower), ``alwaysinline`` in
+    NVVM on CUDA (numba-cuda 0.30 fails to inline an overload at IR level); the simulator
+    runs it as it is."""
+
+    def template(*args):
+        return function
+
+    overload(function, target="cpu", inline="always", strict=False)(template)
+    overload(function, target="cuda", jit_options={"forceinline": True}, strict=False)(template)
+    return function
 
 
 @register_jitable
@@ -123,6 +140,45 @@ def destination(j, col_dest):
     return col_dest[j]
 
 
+@inlined
+def locate(k, indices, col_dest, err):
+    """Stored value ``k``'s column and destination (see :func:`destination`), and ``err``, its
+    row's error code so far, set for a column outside the matrix: the first half of the one
+    per-value step of every kernel, dense or sparse (the CUDA sparse kernel ranks its lanes'
+    entries between the two halves)."""
+    j = indices[k]
+    d = destination(j, col_dest)
+    if d == OUT_OF_RANGE:
+        err = COLUMN_OUT_OF_RANGE
+    return j, d, err
+
+
+# fmt: off
+@inlined
+def entry_value(k, j, d, grow, data, mod_code, mod_threshold, row_scale, col_weight, err, bits):
+    """The second half: stored value ``k`` (column ``j``, of file row ``grow``) going to
+    destination ``d >= 0``, transformed, and its row's error code ``err`` and present bits
+    ``bits`` so far, updated (the value's error; bit ``m`` for a nonzero value of modality
+    ``m``). The row's verdict is threaded through, not returned per value: on CUDA, it keeps the
+    sparse kernel under its register cap without a spill."""
+    m = d >> DEST_SHIFT
+    x = data[k]
+    if x != 0:
+        bits |= 1 << m
+    value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
+    if e != OK:
+        err = e
+    return value, err, bits
+# fmt: on
+
+
+@inlined
+def write_entry(at, d, value, out_indices, out_values):
+    """A sparse output's entry ``at``: destination ``d``'s column within its modality, and ``value``."""
+    out_indices[at] = d & DEST_MASK
+    out_values[at] = value
+
+
 def zero_row(r, first, step, row_out, mod_width, out):
     """Zero row ``r``'s output in every modality (elements ``first``, ``first+step``, ... of each
     modality's run: consecutive threads write consecutive columns)."""
@@ -150,20 +206,11 @@ def scatter_row(r, row, grow, first, step, indptr, indices, data, col_dest, mod_
     k0 = indptr[row] + first
     for i in range(_count(k0, indptr[row + 1], step)):
         k = k0 + i * step
-        j = indices[k]
-        d = destination(j, col_dest)
-        if d < 0:
-            if d == OUT_OF_RANGE:
-                err = COLUMN_OUT_OF_RANGE
-            continue
-        m = d >> DEST_SHIFT
-        x = data[k]
-        if x != 0:
-            bits |= 1 << m
-        value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
-        if e != OK:
-            err = e
-        out[row_out[r, m] + (d & DEST_MASK)] = value
+        j, d, err = locate(k, indices, col_dest, err)
+        if d >= 0:
+            value, err, bits = entry_value(k, j, d, grow, data, mod_code, mod_threshold, row_scale,
+                                           col_weight, err, bits)
+            out[row_out[r, d >> DEST_SHIFT] + (d & DEST_MASK)] = value
     return err, bits
 # fmt: on
 

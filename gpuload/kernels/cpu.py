@@ -2,7 +2,7 @@
 
 A row is zeroed with a memset and its stored values scattered into it (measured faster on our
 machines than one ordered pass writing the zeros between values, whose many short memsets cost
-more than the scattered writes they avoid); the per-value arithmetic is
+more than the scattered writes they avoid); the per-value step, dense or sparse, is
 :mod:`gpuload.kernels.arithmetic`'s, shared with the CUDA kernels. The kernels are cached on disk
 (:mod:`gpuload.kernels.compile_cache`).
 """
@@ -14,15 +14,7 @@ from numba import njit, prange
 from numba.core import config
 
 from gpuload.kernels import arithmetic
-from gpuload.kernels.arithmetic import (
-    COLUMN_OUT_OF_RANGE,
-    DEST_MASK,
-    DEST_SHIFT,
-    OK,
-    OUT_OF_RANGE,
-    checked_value,
-    destination,
-)
+from gpuload.kernels.arithmetic import DEST_SHIFT, OK, destination, entry_value, locate, write_entry
 from gpuload.kernels.compile_cache import cached
 
 # Inlined at numba-IR level: as real calls, passing a dozen arrays per stored value costs far more.
@@ -41,23 +33,14 @@ def fill_row(r, row, grow, indptr, indices, data, col_dest, mod_code, mod_thresh
     err = OK
     bits = 0
     for k in range(indptr[row], indptr[row + 1]):
-        j = indices[k]
-        d = destination(j, col_dest)
-        if d < 0:
-            if d == OUT_OF_RANGE:
-                err = COLUMN_OUT_OF_RANGE
-            continue
-        m = d >> DEST_SHIFT
-        x = data[k]
-        if x != 0:
-            bits |= 1 << m
-        value, e = checked_value(x, mod_code[m], row_scale[grow, m], col_weight, j, mod_threshold[m])
-        if e != OK:
-            err = e
-        p = cursor[r, m]
-        out_indices[p] = d & DEST_MASK
-        out_values[p] = value
-        cursor[r, m] = p + 1
+        j, d, err = locate(k, indices, col_dest, err)
+        if d >= 0:
+            value, err, bits = entry_value(k, j, d, grow, data, mod_code, mod_threshold, row_scale,
+                                           col_weight, err, bits)
+            m = d >> DEST_SHIFT
+            at = cursor[r, m]
+            write_entry(at, d, value, out_indices, out_values)
+            cursor[r, m] = at + 1
     return err, bits
 
 

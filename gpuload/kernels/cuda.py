@@ -8,7 +8,9 @@
   tile's block rescan the row).
 - :func:`fill_rows` (sparse): a warp per row, ``ROWS_PER_BLOCK`` rows per block (one warp per
   block capped occupancy at 50% on sm_90, by the limit on blocks per SM). Each round of 32 stored
-  values is compacted per modality with a shared-memory rank, so columns stay in file order.
+  values is compacted per modality with a shared-memory rank, so columns stay in file order: a
+  lane locates its value before the round's barrier and transforms and writes it, at its rank,
+  after (the two halves of the step every kernel shares, :mod:`gpuload.kernels.arithmetic`).
 
 Each kernel is a dispatcher per output dtype (:class:`PerOutputDtype`), under launch bounds that
 cap its registers: float32 output reaches 75% theoretical occupancy in both kernels without a
@@ -33,16 +35,7 @@ from numba import cuda, int64, uint32
 from numba.cuda.core import config
 
 from gpuload.kernels import arithmetic
-from gpuload.kernels.arithmetic import (
-    COLUMN_OUT_OF_RANGE,
-    DEST_MASK,
-    DEST_SHIFT,
-    MAX_MODALITIES,
-    OK,
-    OUT_OF_RANGE,
-    checked_value,
-    destination,
-)
+from gpuload.kernels.arithmetic import DEST_SHIFT, MAX_MODALITIES, OK, entry_value, locate, write_entry
 from gpuload.kernels.compile_cache import cached
 
 zero_row = cuda.jit(device=True)(arithmetic.zero_row)
@@ -171,10 +164,7 @@ def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code
         d = -1
         j = 0
         if k < hi:
-            j = indices[k]
-            d = destination(j, col_dest)
-            if d == OUT_OF_RANGE:
-                err = COLUMN_OUT_OF_RANGE
+            j, d, err = locate(k, indices, col_dest, err)
         m = d >> DEST_SHIFT if d >= 0 else -1
         if m >= 0:
             cuda.atomic.or_(lanes, (p, w, m), bit)
@@ -182,16 +172,10 @@ def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code
         if lane < n_mod:  # the next round's buffer: its last reader passed the barrier above
             lanes[1 - p, w, lane] = 0
         if m >= 0:
-            x = data[k]
-            if x != 0:
-                bits |= 1 << m
-            value, e = checked_value(x, mod_code[m], row_scale[global_rows[r], m], col_weight, j,
-                                     mod_threshold[m])
-            if e != OK:
-                err = e
+            value, err, bits = entry_value(k, j, d, global_rows[r], data, mod_code, mod_threshold, row_scale,
+                                           col_weight, err, bits)
             at = start[w, m] + cuda.popc(lanes[p, w, m] & (bit - uint32(1)))
-            out_indices[at] = d & DEST_MASK
-            out_values[at] = value
+            write_entry(at, d, value, out_indices, out_values)
         # Every entry of the round is written, and the next round's buffer zeroed, before a
         # modality's start moves on; the next round's barrier orders that move before its reads.
         cuda.syncthreads()
