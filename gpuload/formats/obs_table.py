@@ -68,7 +68,7 @@ class ObsTable:
         values = self._read_column(key)
         if isinstance(values, pd.Series):
             values = values.array  # positional: whatever index it had is dropped
-        shape = getattr(values, "shape", ())
+        shape: tuple[int, ...] = getattr(values, "shape", ())
         if len(shape) != 1 or shape[0] != self.n_rows:
             raise SchemaError(
                 f"{self.where}: obs column {key!r} has shape {shape}; expected ({self.n_rows},)"
