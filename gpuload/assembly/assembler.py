@@ -128,23 +128,22 @@ class BatchAssembler:
         n, names, meta = sb.n, run.names, run.meta
         present = run.scratch["present"].view(torch.bool)
         obs = (run.scratch["obs_f"], run.scratch["obs_i"], run.scratch["obs_u"].view(torch.bool))
-        starts, stops = sb.first.tolist(), (sb.first + sb.sizes).tolist()
-        out = []
+        starts, stops, sizes = sb.first.tolist(), (sb.first + sb.sizes).tolist(), sb.sizes.tolist()
+        # A batch's host cost is the handful of tensor objects it is made of: each per-row array
+        # is cut into every batch's view in one call (split), not one view at a time.
+        mask_views = [m.split(sizes) for m in present.reshape(len(names), n).unbind(0)]
+        index_of = meta[n : 2 * n].split(sizes)
+        file_of = meta[meta.numel() - n :].split(sizes) if self.plan.deliver_file else None
+        out: list[dict] = list(launched.every_batch())
         for k, (start, stop) in enumerate(zip(starts, stops, strict=True)):
-            # One as_strided view each (the cheapest tensor to make): a batch's host cost is the
-            # handful of tensor objects it is made of.
-            batch: dict = launched.modalities(k)
-            rows_k = (stop - start,)
-            batch["mask"] = {
-                name: present.as_strided(rows_k, (1,), m * n + start) for m, name in enumerate(names)
-            }
-            batch["index"] = meta.as_strided(rows_k, (1,), n + start)
-            if self.plan.deliver_file:
-                batch["file"] = meta.as_strided(rows_k, (1,), meta.numel() - n + start)
+            batch: dict = out[k]
+            batch["mask"] = {name: views[k] for name, views in zip(names, mask_views, strict=True)}
+            batch["index"] = index_of[k]
+            if file_of is not None:
+                batch["file"] = file_of[k]
             batch["obs"], batch["obs_codes"] = self._obs(obs, start, stop, batches[k])
             if obsm:
                 batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
-            out.append(batch)
         handed = (meta, *run.scratch.values(), *launched.outputs, *obsm.values())
         return Assembled(out, fence, handed, None, run.status, run.status_fence, sb.rows, sb.batch_of)
 

@@ -37,6 +37,22 @@ class DenseLaunched(Launched):
             for m, name in enumerate(self.run.names)
         }
 
+    def every_batch(self) -> list[dict[str, torch.Tensor]]:
+        """The leading batches of one size are, per modality, one ``[batches, B, width]`` view
+        unbound in one call (a batch's region is ``B * total width`` long); the rest one by one."""
+        shapes, names = self.run.shapes, self.run.names
+        if not shapes:
+            return []
+        rows = shapes[0][0][0]
+        same = next((k for k, shape in enumerate(shapes) if shape[0][0] != rows), len(shapes))
+        region = rows * sum(width for _, width in shapes[0])
+        blocks = [
+            self.out.as_strided((same, rows, width), (region, width, 1), self.offsets[0][m]).unbind(0)
+            for m, (_, width) in enumerate(shapes[0])
+        ]
+        made = [dict(zip(names, views, strict=True)) for views in zip(*blocks, strict=True)]
+        return made + [self.modalities(k) for k in range(same, len(shapes))]
+
 
 class DenseOutput(OutputKind):
     """Dense batches through the ``gather_rows`` kernel."""

@@ -89,6 +89,10 @@ class Launched(ABC):
         """Batch ``k``'s modalities: views of :attr:`outputs` (one cheap tensor each: a batch's
         host cost is the handful of tensor objects it is made of)."""
 
+    def every_batch(self) -> list[dict[str, torch.Tensor]]:
+        """Every batch's modalities (a kind may make them together, cheaper than one by one)."""
+        return [self.modalities(k) for k in range(len(self.run.shapes))]
+
 
 class OutputKind(ABC):
     """One kind of output, its kernel and the layout it writes, for the ``plan``, ``backend``,
