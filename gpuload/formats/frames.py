@@ -20,9 +20,8 @@ def read_obs(f: h5py.File, path: Path | str) -> pd.DataFrame:
 
 
 def lazy_obs(f: h5py.File, path: Path | str) -> ObsTable:
-    """The obs of an AnnData group (a file's root, or an ``.h5mu`` modality), its columns read on
-    demand; the older layouts (a compound dataset, categories kept in ``__categories``), which
-    anndata reads only as a whole, are read whole."""
+    """The obs of an ``.h5ad``, its columns read on demand; the older layouts (a compound dataset,
+    categories kept in ``__categories``), which anndata reads only as a whole, are read whole."""
     where = str(path)
     group = f.get("obs")
     if (
@@ -68,8 +67,8 @@ def _length(node: h5py.Dataset | h5py.Group) -> int:
 
 def _read_element(group: h5py.Group, key: str, where: str):
     """One obs element: numeric arrays and categoricals of text straight with h5py (told apart by
-    their parts, without reading attributes: a thousand files' columns in about a second), anything
-    else through anndata's reader."""
+    their parts, without reading attributes, which h5py makes slow), anything else through
+    anndata's reader."""
     from anndata.io import read_elem
 
     try:

@@ -2,7 +2,7 @@
 every later file with the same var costs a digest, not a frame.
 
 A var is known by a digest of what defines the loader's columns: its names, its column order and
-the modality column's raw values (read with h5py, a few ms for ~10k features; nothing for a file
+the modality column's raw values (read with h5py, without building a frame; nothing for a file
 already seen, known by its inode, size and modification time). A hit hands back the same frame
 and modality arrays, so a thousand files of one atlas hold one var in memory, not a thousand.
 """
