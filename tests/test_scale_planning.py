@@ -20,6 +20,7 @@ import pytest
 from gpuload import MultiomeLoader
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.formats import open_multiome
+from gpuload.formats.store import file_of
 
 WORLD, FILES, CELLS_PER_FILE, BATCH = 64, 1000, 64, 32
 
@@ -54,7 +55,7 @@ def test_64_ranks_over_1000_files_plan_disjoint_complete_equal_shares(thousand_f
             traced.append(tracemalloc.get_traced_memory()[1])
             tracemalloc.stop()
             shares.append(rows)
-            files_of_rank.append(set(np.unique(np.searchsorted(store.file_starts, rows, side="right") - 1)))
+            files_of_rank.append(set(np.unique(file_of(store.file_starts, rows))))
             loader.close()
         assert store.reader.touched == set(), "planning opened a file's matrix"
 

@@ -21,6 +21,7 @@ import pandas as pd
 from gpuload.formats.types import Modality
 
 KEPT = 8  # distinct vars remembered (a process rarely opens more kinds of file at once)
+FILES_KEPT = 1 << 16  # files' digests remembered: a few dozen bytes each, more than an atlas has files
 _by_digest: OrderedDict[tuple, tuple[pd.DataFrame, dict[str, Modality]]] = OrderedDict()
 _digest_of_file: OrderedDict[tuple, bytes | None] = OrderedDict()
 
@@ -55,7 +56,7 @@ def _digest(group: h5py.Group, feature_type_key: str | None) -> bytes | None:
     identity = (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, group.name, feature_type_key)
     if identity not in _digest_of_file:
         _digest_of_file[identity] = _raw_digest(group, feature_type_key)
-        while len(_digest_of_file) > 64 * KEPT:
+        while len(_digest_of_file) > FILES_KEPT:
             _digest_of_file.popitem(last=False)
     return _digest_of_file[identity]
 
