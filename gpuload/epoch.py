@@ -32,7 +32,6 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator
 from functools import partial
 
-import numba
 import torch
 
 from gpuload.assembly import Assembled, BatchAssembler
@@ -41,6 +40,7 @@ from gpuload.batch_columns import LazyColumns
 from gpuload.device import Backend, RunRings
 from gpuload.errors import ArgumentError, GpuloadError
 from gpuload.fetch import BlockFetcher
+from gpuload.kernels import threads as kernel_threads
 from gpuload.sampler import LoadRequest
 
 _RUNNING: weakref.WeakSet[EpochRun] = weakref.WeakSet()
@@ -50,7 +50,7 @@ _RUN_IDS = itertools.count(1)  # names each run's threads apart in the ledger
 @atexit.register
 def _stop_running_epochs() -> None:
     """At interpreter exit, end the threads of runs nobody finished: a daemon thread still
-    inside a parallel numba kernel while the process tears down aborts it."""
+    inside a numba kernel while the process tears down aborts it."""
     for run in list(_RUNNING):
         run.stop()
         run.join()
@@ -135,8 +135,7 @@ class EpochRun:
                 )
 
         def assemble_batches(groups: Background) -> Generator[Assembled, None, None]:
-            # numba sets its config attributes at import time: its module declares none of them
-            numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
+            kernel_threads.use_threads(self.num_threads)
             with backend.device_context():
                 for block, request in groups:
                     assembler.take_block(block)

@@ -3,11 +3,12 @@
 On the stream faces a request is read into the next page-locked buffer of the calling run's ring
 (:class:`~gpuload.device.RunRings`) and copied to the device on the loader's copy stream; an
 event behind the copy (the block's ``ready``) is what the compute stream waits on, and the
-buffer is reused once that copy has passed. With ``preload``, the whole selection is read once,
-piece by piece through a ring, into one device block that serves every request of every run
-after (built under a lock, read-only once built). Whether a preload is wanted (``"auto"``), and
-whether it fits, is decided when it happens: any allocation failure, page-locked or device, ends
-it with one warning and the loader streams instead.
+buffer is reused once that copy has passed. On the CPU a request is read into a pooled host
+buffer (:meth:`~gpuload.device.Backend.read_buffer`), reused once no block views it. With
+``preload``, the whole selection is read once, piece by piece through a ring, into one device
+block that serves every request of every run after (built under a lock, read-only once built).
+Whether a preload is wanted (``"auto"``), and whether it fits, is decided when it happens: any
+allocation failure, page-locked or device, ends it with one warning and the loader streams instead.
 """
 
 from __future__ import annotations
@@ -123,9 +124,12 @@ class BlockFetcher:
             return block
 
     def _take(self, ring: PinnedRing | None, rows: np.ndarray) -> tuple[int | None, np.ndarray | None]:
-        """A slot of ``ring`` for a read of ``rows``, or (None, None) where the read allocates."""
-        size = self._read_size(rows, ring)
-        return ring.take(size) if ring is not None and size else (None, None)
+        """A slot of ``ring`` and its buffer for a read of ``rows``; without a ring (the CPU), no
+        slot and a pooled buffer; (None, None) where the reader allocates."""
+        size = self._read_size(rows)
+        if not size:
+            return None, None
+        return ring.take(size) if ring is not None else (None, self.backend.read_buffer(size))
 
     def _read(self, rows: np.ndarray, buffer: np.ndarray | None, name: str) -> RowBlock:
         if buffer is None:
@@ -134,12 +138,12 @@ class BlockFetcher:
         self.backend.note_host("host_write", name, arrays=(buffer,))
         return host
 
-    def _read_size(self, rows: np.ndarray, ring: PinnedRing | None) -> int:
-        """Page-locked bytes a read of ``rows`` takes; 0 where it takes none: on the CPU, for a
-        dense file (its reader allocates) and for float16 values (widened after the read)."""
+    def _read_size(self, rows: np.ndarray) -> int:
+        """Buffer bytes a read of ``rows`` takes; 0 where it takes none: for a dense file (its
+        reader allocates) and for float16 values (widened after the read)."""
         nnz = self.store.stored_values(rows)
         enc = self.store.encoding
-        if ring is None or nnz is None or enc.index_dtype is None or enc.dtype.itemsize < 4:
+        if nnz is None or enc.index_dtype is None or enc.dtype.itemsize < 4:
             return 0
         return Carver.size_of([(nnz, enc.index_dtype), (nnz, enc.dtype)])
 
@@ -193,7 +197,7 @@ class BlockFetcher:
         """Read the selection in pieces through ``ring`` into one device block."""
         b, rows = self.backend, self.positions
         nnz = self.store.stored_values(rows)
-        if ring is None or nnz is None or self._read_size(rows, ring) == 0:  # no buffer is page-locked
+        if ring is None or nnz is None or self._read_size(rows) == 0:  # no buffer is page-locked
             return self._upload(self.store.read_block(rows), "preload")
         enc = self.store.encoding
         indices = b.empty(nnz, torch.from_numpy(np.empty(0, enc.index_dtype)).dtype, "preload indices")

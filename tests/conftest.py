@@ -20,6 +20,7 @@ import scipy.sparse as sp
 
 from gpuload.bmmc.synth import write_synthetic
 from gpuload.device import SimulatedCudaBackend, simulator_enabled
+from gpuload.kernels import threads as kernel_threads
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_GEX = REAL_DATA / "bmmc_multiome_starter_gex.h5ad"
@@ -58,8 +59,13 @@ def face_cells(device: str, n_cells: int) -> dict:
 
 
 def gpuload_threads() -> list[threading.Thread]:
-    """gpuload's background threads (``gpuload-reader-N``, ``gpuload-assembler-N``)."""
-    return [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
+    """The background threads of gpuload's runs (``gpuload-reader-N``, ``gpuload-assembler-N``),
+    which must end with their run; not the process-wide kernel pool, idle between kernels."""
+    return [
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("gpuload-") and not t.name.startswith(kernel_threads.POOL_NAME)
+    ]
 
 
 def torchrun(nproc: int) -> list[str]:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import anndata as ad
@@ -462,3 +463,38 @@ def test_sparse_output_equals_dense_output(face, small_h5ad):
             crow, col = s[name].crow_indices(), s[name].col_indices()
             for r in range(crow.numel() - 1):  # columns in file order within each row
                 assert torch.all(col[crow[r] + 1 : crow[r + 1]] > col[crow[r] : crow[r + 1] - 1])
+
+
+def test_cpu_kernels_split_over_threads_give_what_one_thread_gives(tmp_path):
+    """The CPU twin run as several shares (every T-th row each) writes exactly the batches one
+    share writes, and an error in a share is raised once every share has finished."""
+    from gpuload import MultiomeLoader
+    from gpuload.bmmc.synth import write_synthetic
+    from gpuload.kernels import threads
+
+    path = write_synthetic(tmp_path / "s.h5ad", n_cells=257, n_genes=30, n_peaks=50, seed=5)
+
+    def epoch(num_threads, output):
+        loader = MultiomeLoader(
+            path, batch_size=64, shuffle=True, seed=2, num_threads=num_threads, output=output
+        )
+        return [{m: b[m] for m in ("GEX", "ATAC")} for b in loader]
+
+    for output in ("dense", "sparse_csr"):
+        for one, three in zip(epoch(1, output), epoch(3, output), strict=True):
+            for m in one:
+                torch.testing.assert_close(one[m].to_dense(), three[m].to_dense(), rtol=0, atol=0)
+
+    finished = []
+
+    def kernel(first, step):
+        if first == 0:
+            raise ValueError("share 0 failed")
+        time.sleep(0.05)
+        finished.append(first)
+
+    threads.use_threads(3)
+    with pytest.raises(ValueError, match="share 0"):
+        threads.run_rows(kernel, (), 10)
+    assert sorted(finished) == [1, 2]  # the other shares ran to their end first
+    threads.use_threads(1)

@@ -46,6 +46,7 @@ import torch
 from gpuload.device.ledger import DeviceLedger
 
 _EVENT_IDS = itertools.count(1)  # every fence of every backend, numbered for the ledger
+READ_ROUNDING = 1 << 23  # bytes: a pooled read buffer grows in 8 MiB steps
 
 
 @dataclass(frozen=True)
@@ -77,31 +78,42 @@ def spans(arrays: Iterable) -> tuple[tuple[int, int], ...]:
 
 
 class HostBufferPool:
-    """Recycles host output buffers once nothing references them any more.
+    """Recycles host buffers once nothing references them any more.
 
-    A fresh buffer per batch (B=256 at BMMC's full width of 129,921 float32 columns: 133 MB)
-    costs a page fault per 4 KB page, which a reused one does not. Each buffer is a numpy array wrapped by
-    ``torch.from_numpy``; every torch tensor or view built on it keeps a reference to that
-    array, so a refcount at its baseline means no batch the user still holds shares its memory.
+    A fresh buffer costs a page fault per 4 KB page, which a reused one does not: a batch's
+    output (B=256 at BMMC's full width of 129,921 float32 columns: 133 MB) and, on the CPU, a
+    read group's stored values (read straight into it). Each buffer is a numpy array; every
+    view, and every torch tensor built on one, keeps a reference to it, so a refcount at its
+    baseline means nothing the user or the loader still holds shares its memory. A request
+    takes the smallest free buffer that holds it (so a short last super-batch reuses a full
+    one); a new buffer is rounded up to ``round_to`` elements, so requests that grow slowly
+    do not allocate each time.
     """
 
-    def __init__(self, max_buffers: int = 6) -> None:
-        self.max_buffers = max_buffers
+    def __init__(self, max_buffers: int = 6, round_to: int = 1) -> None:
+        self.max_buffers, self.round_to = max_buffers, round_to
         self._buffers: list[np.ndarray] = []
         self._lock = threading.Lock()
 
     def take(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
+        """``n`` elements of ``dtype`` as a CPU tensor (an output the batches will view)."""
+        return torch.from_numpy(self.take_array(n, torch.empty(0, dtype=dtype).numpy().dtype))
+
+    def take_array(self, n: int, dtype: np.dtype) -> np.ndarray:
+        """``n`` elements of ``dtype``: the first ``n`` of a free pooled buffer, or of a new one."""
         with self._lock:
+            free = None
             for buf in self._buffers:
                 # References: the pool's list, the loop variable and getrefcount's argument.
-                if buf.size == n and buf.dtype == np_dtype and sys.getrefcount(buf) <= 3:
-                    return torch.from_numpy(buf)
-            buf = np.empty(n, dtype=np_dtype)
-            if len(self._buffers) >= self.max_buffers:
-                self._buffers.pop(0)
-            self._buffers.append(buf)
-            return torch.from_numpy(buf)
+                fits = buf.dtype == dtype and buf.size >= n and (free is None or buf.size < free.size)
+                if fits and sys.getrefcount(buf) <= 3:
+                    free = buf
+            if free is None:
+                free = np.empty(-(-max(n, 1) // self.round_to) * self.round_to, dtype=dtype)
+                if len(self._buffers) >= self.max_buffers:
+                    self._buffers.pop(0)
+                self._buffers.append(free)
+            return free[:n]
 
 
 class Backend:
@@ -115,7 +127,8 @@ class Backend:
     def __init__(self, torch_device: torch.device | None = None) -> None:
         self.torch_device = torch_device or torch.device("cpu")
         self.ledger = DeviceLedger()
-        self.host_pool = HostBufferPool()
+        self.host_pool = HostBufferPool()  # batch outputs
+        self.read_pool = HostBufferPool(round_to=READ_ROUNDING)  # reads on faces without rings
         self.pageable = False  # page-locking failed once: staging buffers are pageable
 
     def __repr__(self) -> str:
@@ -232,6 +245,11 @@ class Backend:
         self.ledger.add("pinned", "pageable buffer", "host", nbytes, span(buffer)[0])
         return buffer
 
+    def read_buffer(self, nbytes: int) -> np.ndarray:
+        """A host buffer a read is written into where no ring orders its reuse (the CPU face):
+        pooled, so a read group does not page-fault fresh memory (see :class:`HostBufferPool`)."""
+        return self.read_pool.take_array(nbytes, np.dtype(np.uint8))
+
     def release_pinned(self, buffer: np.ndarray) -> None:
         """Forget a buffer from :meth:`pinned` (its memory goes when the last view does)."""
 
@@ -260,9 +278,9 @@ class Backend:
         self.ledger.add_launch_time(time.thread_time() - start)
 
     def _run_kernel(self, kernel: str, n_rows: int, width: int, args: tuple) -> None:
-        from gpuload.kernels import cpu
+        from gpuload.kernels import cpu, threads
 
-        getattr(cpu, kernel)(*args)
+        threads.run_rows(getattr(cpu, kernel), args, n_rows)
 
     # -- ordering and hand-off --------------------------------------------------------------
     def fence(self, name: str) -> Fence | None:
@@ -306,6 +324,11 @@ class StreamFace(Backend):
         self._copy_note("d2h", "status", status, host)
         torch.from_numpy(host).copy_(status, non_blocking=True)  # page-locked: no host wait
         return host
+
+    def read_buffer(self, nbytes: int) -> np.ndarray:
+        """A host buffer a read is written into where no ring orders its reuse (the CPU face):
+        pooled, so a read group does not page-fault fresh memory (see :class:`HostBufferPool`)."""
+        return self.read_pool.take_array(nbytes, np.dtype(np.uint8))
 
     def release_pinned(self, buffer: np.ndarray) -> None:
         self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes, span(buffer)[0])

@@ -1,4 +1,5 @@
-"""CPU twin of the assembly kernels: each thread takes whole rows of a super-batch (``prange``).
+"""CPU twin of the assembly kernels: each thread takes whole rows of a super-batch, the rows
+``first``, ``first + step``, ... (:mod:`gpuload.kernels.threads` runs one call per thread).
 
 A row is zeroed with a memset and its stored values scattered into it (measured faster on our
 machines than one ordered pass writing the zeros between values, whose many short memsets cost
@@ -10,7 +11,7 @@ more than the scattered writes they avoid); the per-value step, dense or sparse,
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 from numba.core import config
 
 from gpuload.kernels import arithmetic
@@ -44,14 +45,15 @@ def fill_row(r, row, grow, indptr, indices, data, col_dest, mod_code, mod_thresh
     return err, bits
 
 
-@cached(njit, config, parallel=True, nogil=True)
+@cached(njit, config, nogil=True)
 def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_width, mod_code, mod_threshold,
                 row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i, obs_i_out,
-                obs_u, obs_u_out):
-    """Dense output of a super-batch: row ``r`` from block row ``local_rows[r]`` (file row
-    ``global_rows[r]``) into ``out`` at ``row_out[r]``, transformed; ``present[m, r]``,
-    ``status[r]`` (OK or an error code) and the obs columns of the row."""
-    for r in prange(local_rows.size):
+                obs_u, obs_u_out, first, step):
+    """Dense output of super-batch rows ``first``, ``first + step``, ...: row ``r`` from block
+    row ``local_rows[r]`` (file row ``global_rows[r]``) into ``out`` at ``row_out[r]``,
+    transformed; ``present[m, r]``, ``status[r]`` (OK or an error code) and the obs columns of
+    the row."""
+    for r in range(first, local_rows.size, step):
         zero_row(r, 0, 1, row_out, mod_width, out)
         err, bits = scatter_row(r, local_rows[r], global_rows[r], 0, 1, indptr, indices, data, col_dest,
                                 mod_code, mod_threshold, row_scale, col_weight, row_out, out)
@@ -61,13 +63,13 @@ def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_wi
         copy_obs(r, global_rows[r], 0, 1, obs_f, obs_f_out, obs_i, obs_i_out, obs_u, obs_u_out)
 
 
-@cached(njit, config, parallel=True, nogil=True)
+@cached(njit, config, nogil=True)
 def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code, mod_threshold, row_scale,
               col_weight, cursor, out_indices, out_values, present, status, obs_f, obs_f_out, obs_i,
-              obs_i_out, obs_u, obs_u_out):
-    """Sparse output of a super-batch: the entries at the row offsets in ``cursor``, plus the
-    presence, status and obs of each row as :func:`gather_rows`."""
-    for r in prange(local_rows.size):
+              obs_i_out, obs_u, obs_u_out, first, step):
+    """Sparse output of super-batch rows ``first``, ``first + step``, ...: the entries at the row
+    offsets in ``cursor``, plus the presence, status and obs of each row as :func:`gather_rows`."""
+    for r in range(first, local_rows.size, step):
         err, bits = fill_row(r, local_rows[r], global_rows[r], indptr, indices, data, col_dest, mod_code,
                              mod_threshold, row_scale, col_weight, cursor, out_indices, out_values)
         for m in range(present.shape[0]):
