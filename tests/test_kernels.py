@@ -498,3 +498,28 @@ def test_cpu_kernels_split_over_threads_give_what_one_thread_gives(tmp_path):
         threads.run_rows(kernel, (), 10)
     assert sorted(finished) == [1, 2]  # the other shares ran to their end first
     threads.use_threads(1)
+
+
+@pytest.mark.parametrize("face", FACES)
+def test_dense_rows_wider_than_a_zero_tile_in_any_column_order(face, rng):
+    """The CPU twin zeroes a dense row tile by tile ahead of its values: rows many tiles wide,
+    values unsorted within rows, modalities' columns permuted, rows with no value, one value
+    or gaps of several tiles, and buffers holding earlier data all give scipy's dense rows."""
+    from gpuload.kernels.cpu import ZERO_TILE
+
+    n_cols = 5 * ZERO_TILE + 37
+    density = [[0.0], [1 / n_cols], [0.002], [0.05], [0.5], [1.0]]
+    dense = np.ceil(rng.uniform(0, 5, (6, n_cols))) * (rng.uniform(size=(6, n_cols)) < density)
+    csr = sp.csr_matrix(dense.astype(np.float32))
+    for r in range(6):
+        lo, hi = csr.indptr[r], csr.indptr[r + 1]
+        order = rng.permutation(hi - lo)
+        csr.indices[lo:hi], csr.data[lo:hi] = csr.indices[lo:hi][order], csr.data[lo:hi][order]
+    columns = rng.permutation(n_cols)
+    groups = [np.sort(columns[: 2 * ZERO_TILE + 5]), columns[2 * ZERO_TILE + 5 : -3]]  # 3 in none
+    rows = np.array([5, 0, 1, 2, 3, 4, 4, 1])
+    for _ in range(2):  # the second run writes into recycled output buffers
+        parts, present, status = gather(face, csr, rows, groups, [ops.IDENTITY] * 2, np.ones((6, 2)))
+        assert status is None
+        for part, cols in zip(parts, groups, strict=True):
+            np.testing.assert_array_equal(part, dense[rows][:, cols].astype(np.float32))

@@ -45,12 +45,17 @@ def test_each_kind_names_what_its_launch_left(small_h5ad):
 
 def test_the_per_value_step_is_written_once():
     """The transform and check of a stored value are called only from arithmetic's shared step:
-    the dense row walk, the CPU sparse twin and the CUDA sparse kernel each call locate and
-    entry_value, and no kernel module calls the arithmetic under them itself."""
+    the CUDA dense row walk, the CPU dense and sparse twins and the CUDA sparse kernel each call
+    locate and entry_value, and no kernel module calls the arithmetic under them itself."""
     step = {"locate", "entry_value"}
     under = {"checked_value", "transform_value", "check_value"}
     trees = {m: ast.parse((KERNELS / m).read_text()) for m in ("arithmetic.py", "cpu.py", "cuda.py")}
-    walks = [("arithmetic.py", "scatter_row"), ("cpu.py", "fill_row"), ("cuda.py", "fill_rows")]
+    walks = [
+        ("arithmetic.py", "scatter_row"),
+        ("cpu.py", "fill_dense_row"),
+        ("cpu.py", "fill_row"),
+        ("cuda.py", "fill_rows"),
+    ]
     for module, name in walks:
         (walk,) = [n for n in ast.walk(trees[module]) if getattr(n, "name", None) == name]
         assert step <= called(walk), f"{module}:{name} does not call {step}"

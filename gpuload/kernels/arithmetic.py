@@ -3,13 +3,14 @@
 ``@register_jitable`` functions compile for whichever numba target calls them, as do the
 :func:`inlined` ones: the step every kernel takes per stored value, dense or sparse, is two of
 them (:func:`locate`: where the value goes; :func:`entry_value`: its transform and check, its
-present bit) and a sparse entry is written by one (:func:`write_entry`). The row functions
-below them are plain Python, compiled by each face: inlined ``@njit`` for the CPU twin
-(:mod:`gpuload.kernels.cpu`; as real calls, passing a dozen arrays per stored value costs far more)
-and ``@cuda.jit`` device functions for the CUDA kernels (:mod:`gpuload.kernels.cuda`, also run by
-the simulator). The faces differ only in how they split the work: the CPU twin gives a thread
-whole rows (``first=0, step=1``), the CUDA dense kernel gives a thread block one row and strides
-its threads over it (``first=threadIdx, step=blockDim``), in one pass over the row's values.
+present bit) and a sparse entry is written by one (:func:`write_entry`). Each face walks a row
+around that step in the way its hardware wants: the CUDA dense kernel gives a thread block one row,
+zeroes it (:func:`zero_row`) and strides its threads over the row's values (:func:`scatter_row`,
+``first=threadIdx, step=blockDim``); the CPU twin (:mod:`gpuload.kernels.cpu`) gives a thread
+whole rows and zeroes each just ahead of its values. The functions here are plain Python,
+compiled by each face: inlined ``@njit`` on the CPU (as real calls, passing a dozen arrays per
+stored value costs far more) and ``@cuda.jit`` device functions for the CUDA kernels
+(:mod:`gpuload.kernels.cuda`, also run by the simulator).
 
 Output layout (see :mod:`gpuload.assembly`): modality ``m`` of super-batch row ``r`` is the
 ``mod_width[m]`` values starting at ``row_out[r, m]`` of the flat output. Full-width column ``j``
@@ -184,7 +185,7 @@ def zero_row(r, first, step, row_out, mod_width, out):
     modality's run: consecutive threads write consecutive columns)."""
     for m in range(mod_width.size):
         start = row_out[r, m]
-        if step == 1:  # one thread per row: a memset (the strided loop is slower on the CPU)
+        if step == 1:  # one thread for the row: a memset
             out[start : start + mod_width[m]] = 0
         else:
             for i in range(_count(first, mod_width[m], step)):
