@@ -523,3 +523,29 @@ def test_dense_rows_wider_than_a_zero_tile_in_any_column_order(face, rng):
         assert status is None
         for part, cols in zip(parts, groups, strict=True):
             np.testing.assert_array_equal(part, dense[rows][:, cols].astype(np.float32))
+
+
+def test_a_forked_child_runs_cpu_kernels_on_threads_of_its_own(tmp_path):
+    """After a fork the parent's pool threads do not exist in the child: its kernels must not
+    wait on them (a DataLoader-style worker, a multiprocessing fork)."""
+    from gpuload.kernels import threads
+
+    threads.use_threads(2)
+    threads.run_rows(lambda first, step: None, (), 4)  # the parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # the child: run a split kernel, exit 0 if it returns
+        done = []
+        threads.use_threads(2)
+        threads.run_rows(lambda first, step: done.append(first), (), 4)
+        os._exit(0 if sorted(done) == [0, 1] else 1)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        waited, status = os.waitpid(pid, os.WNOHANG)
+        if waited:
+            assert os.waitstatus_to_exitcode(status) == 0
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        pytest.fail("the forked child's kernel never finished")
+    threads.use_threads(1)

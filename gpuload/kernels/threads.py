@@ -36,9 +36,10 @@ def _shared_pool() -> ThreadPoolExecutor:
 
 
 def _forget_pool() -> None:
-    """In a forked child the pool's threads do not exist: the child starts its own."""
-    global _pool
-    _pool = None
+    """In a forked child the pool's threads do not exist (nor does a thread that held the
+    lock at the fork): the child starts its own."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)
