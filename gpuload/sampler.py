@@ -274,22 +274,36 @@ def load_requests(
     cells; ``positions`` are the selected file rows, sorted. A generator: a run holds one group's
     rows at a time, not the epoch's (``batches`` may be a generator too).
 
-    The first batch is read on its own, so that it arrives without waiting for a whole group.
-    A group reads its own rows, or, when they fill at least half of the chunks they touch (block
-    shuffle), those whole chunks: few long contiguous reads instead of many short ones (a group
-    that straddles two windows takes random halves of chunks).
+    Groups end where the epoch order's windows of ``chunk_size * window`` cells end (at the
+    first batch boundary at or past each), and the first window is read in groups of one batch,
+    then twice as many cells each time: the first batch arrives without waiting for a whole
+    window, and the reader keeps ahead of the assembler from the start (a full second group
+    behind a one-batch first stalled every epoch's start while it was read). A group reads its
+    own rows plus, in each chunk of the block shuffle of which it needs at least half, the rest
+    of that chunk: few long contiguous reads instead of many short ones, and a chunk a group
+    barely touches (a group runs past its window by less than a batch) is not read whole.
     """
-    per_group = max(1, (chunk_size * window) // batch_size)
+    window_cells = max(1, chunk_size * window)
+    ramp = itertools.takewhile(lambda end: end < window_cells, (batch_size << k for k in itertools.count()))
+    ends = itertools.chain(ramp, (window_cells * k for k in itertools.count(1)))
     batches = iter(batches)
-    for size in itertools.chain([1], itertools.repeat(per_group)):
-        group = list(itertools.islice(batches, size))
+    read = 0  # cells of the batches grouped so far
+    for end in ends:
+        group = []
+        for batch in batches:
+            group.append(batch)
+            read += batch.size
+            if read >= end:
+                break
         if not group:
             return
         rows = np.unique(np.concatenate(group))
-        chunks = np.unique(np.searchsorted(positions, rows) // chunk_size)
-        if chunks.size * chunk_size <= 2 * rows.size:
-            whole = (chunks[:, None] * chunk_size + np.arange(chunk_size)).ravel()
-            rows = positions[whole[whole < positions.size]]
+        chunks, needed = np.unique(np.searchsorted(positions, rows) // chunk_size, return_counts=True)
+        sizes = np.minimum(chunk_size, positions.size - chunks * chunk_size)
+        mostly = chunks[2 * needed >= sizes]
+        if mostly.size:
+            whole = (mostly[:, None] * chunk_size + np.arange(chunk_size)).ravel()
+            rows = np.union1d(rows, positions[whole[whole < positions.size]])
         yield LoadRequest(rows, group)
 
 

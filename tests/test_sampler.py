@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpuload.errors import ArgumentError
-from gpuload.sampler import EpochSampler, batch_label_entropy
+from gpuload.sampler import EpochSampler, batch_label_entropy, block_shuffle_order, load_requests
 
 
 @settings(max_examples=80, deadline=None)
@@ -73,3 +73,22 @@ def test_block_shuffle_quality_against_full_permutation():
     block = batch_label_entropy(EpochSampler(labels.size, True, 256, 16, seed=0).epoch_order(0), labels, b)
     none = batch_label_entropy(EpochSampler(labels.size, False).epoch_order(0), labels, b)
     assert none < 0.1 < 0.7 * full < block <= full + 0.05
+
+
+@pytest.mark.parametrize("batch_size", [32, 100, 256])
+def test_reads_ramp_up_cover_their_batches_and_read_little_twice(batch_size):
+    """The first window is read in groups of 1, 1, 2, 4, ... batches, then a group per window
+    (ending at the first batch boundary past it); each group reads every row its batches need;
+    over an epoch of block shuffle, rows read stay near rows needed, whether or not batches
+    divide windows (a chunk a group barely touches is not read whole)."""
+    positions = np.arange(0, 60_000, 3)  # a selection: every third file row
+    order = positions[block_shuffle_order(positions.size, 256, 16, np.random.default_rng(0))]
+    batches = [order[i : i + batch_size] for i in range(0, order.size, batch_size)]
+    requests = list(load_requests(iter(batches), positions, 256, 16, batch_size))
+    sizes = [len(r.batches) for r in requests]
+    assert sizes[:4] == [1, 1, 2, 4] and max(sizes) == -(-256 * 16 // batch_size)
+    assert [b for r in requests for b in r.batches] == batches
+    for r in requests:
+        assert np.all(np.diff(r.rows) > 0) and np.isin(np.concatenate(r.batches), r.rows).all()
+    read = sum(r.rows.size for r in requests)
+    assert read <= 1.1 * positions.size, read / positions.size
