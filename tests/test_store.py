@@ -164,3 +164,35 @@ def test_obs_key_suggestions(small_h5ad):
     with open_multiome(small_h5ad) as store:
         gex_only = select_columns(store.obs, None, ["GEX"], store.path, list(store.modalities))
         assert "GEX_n_counts" in gex_only and "cell_type" in gex_only and "ATAC_nCount_peaks" not in gex_only
+
+
+def test_direct_reads_span_back_to_back_chunks_and_gaps_alike(tmp_path, rng):
+    """Chunks that lie back to back in the file are read with one system call per run; a file
+    whose chunks interleave with another dataset's (written in turns) breaks the runs; every read
+    equals h5py's, whatever runs and chunk edges it crosses."""
+    import os
+
+    from gpuload.formats.csr import DirectArray
+
+    path = tmp_path / "chunks.h5"
+    values = rng.standard_normal(9_000).astype(np.float32)
+    with h5py.File(path, "w", rdcc_nbytes=0) as f:  # no chunk cache: a chunk is placed when written
+        f.create_dataset("back_to_back", data=values, chunks=(100,))
+        a = f.create_dataset("turns", shape=(0,), maxshape=(None,), chunks=(100,), dtype=np.float32)
+        b = f.create_dataset("other", shape=(0,), maxshape=(None,), chunks=(100,), dtype=np.float32)
+        for start in range(0, values.size, 300):  # three chunks of one, then three of the other
+            for d in (a, b):
+                d.resize((start + 300,))
+                d[start : start + 300] = values[start : start + 300]
+    with h5py.File(path, "r") as f, open(path, "rb", buffering=0) as raw:
+        size = os.fstat(raw.fileno()).st_size
+        runs = {}
+        for name in ("back_to_back", "turns"):
+            direct = DirectArray.open_direct(f[name], raw.fileno(), size)
+            assert direct is not None
+            runs[name] = np.unique(direct.run_end).size
+            for lo, hi in [(0, 9_000), (50, 8_950), (299, 301), (250, 1_250), (0, 1), (8_999, 9_000)]:
+                out = np.empty(hi - lo, dtype=np.float32)
+                direct.read_into(lo, hi, out)
+                np.testing.assert_array_equal(out, f[name][lo:hi])
+        assert runs["back_to_back"] <= 2 and runs["turns"] >= 25, runs  # 30 turns of 3 chunks

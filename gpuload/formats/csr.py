@@ -19,6 +19,7 @@ from gpuload.formats.types import RowBlock, row_runs
 
 # Runs of requested rows closer than this many stored values are read as one span.
 MERGE_GAP = 1 << 15
+MAX_READ = 1 << 30  # bytes per system call (Linux reads at most ~2 GiB in one)
 
 
 @njit(cache=True, nogil=True)
@@ -45,6 +46,11 @@ class DirectArray:
 
     def __init__(self, fd: int, dtype: np.dtype, chunk_len: int, offsets: np.ndarray) -> None:
         self.fd, self.dtype, self.chunk_len, self.offsets = fd, dtype, chunk_len, offsets
+        # Chunks written one after another lie back to back in the file: a read spanning them is
+        # one system call. run_end[c]: the last chunk of the back-to-back run chunk c is in.
+        ends = np.flatnonzero(np.diff(offsets) != chunk_len * dtype.itemsize)
+        ends = np.append(ends, offsets.size - 1)
+        self.run_end = ends[np.searchsorted(ends, np.arange(offsets.size))]
 
     @classmethod
     def open_direct(cls, dataset: h5py.Dataset, fd: int, file_size: int) -> DirectArray | None:
@@ -83,7 +89,8 @@ class DirectArray:
         pos = lo
         while pos < hi:
             chunk = pos // self.chunk_len
-            n = min((chunk + 1) * self.chunk_len, hi) - pos
+            last = min(int(self.run_end[chunk]), (hi - 1) // self.chunk_len)
+            n = min((last + 1) * self.chunk_len, hi, pos + MAX_READ // item) - pos
             dest = raw[(pos - lo) * item : (pos - lo + n) * item]
             at = int(self.offsets[chunk]) + (pos - chunk * self.chunk_len) * item
             # numpy's stubs give ndarray the buffer protocol (__buffer__) only for Python >= 3.12
