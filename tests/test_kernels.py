@@ -466,8 +466,9 @@ def test_sparse_output_equals_dense_output(face, small_h5ad):
 
 
 def test_cpu_kernels_split_over_threads_give_what_one_thread_gives(tmp_path):
-    """The CPU twin run as several shares (every T-th row each) writes exactly the batches one
-    share writes, and an error in a share is raised once every share has finished."""
+    """The CPU twin run as blocks of rows taken in turn by several threads writes exactly the
+    batches one thread writes; every block runs once; an error in a block is raised once every
+    block another thread had started has finished."""
     from gpuload import MultiomeLoader
     from gpuload.bmmc.synth import write_synthetic
     from gpuload.kernels import threads
@@ -485,44 +486,24 @@ def test_cpu_kernels_split_over_threads_give_what_one_thread_gives(tmp_path):
             for m in one:
                 torch.testing.assert_close(one[m].to_dense(), three[m].to_dense(), rtol=0, atol=0)
 
+    threads.use_threads(3)
+    blocks = []
+    threads.run_rows(lambda start, stop: blocks.append((start, stop)), (), 100)
+    assert sorted(blocks) == [(100 * b // 12, 100 * (b + 1) // 12) for b in range(12)]
+
     finished = []
 
-    def kernel(first, step):
-        if first == 0:
-            raise ValueError("share 0 failed")
-        time.sleep(0.05)
-        finished.append(first)
+    def kernel(start, stop):
+        if start == 0:
+            time.sleep(0.05)  # the other threads take blocks meanwhile
+            raise ValueError("block 0 failed")
+        time.sleep(0.01)
+        finished.append(start)
 
-    threads.use_threads(3)
-    with pytest.raises(ValueError, match="share 0"):
-        threads.run_rows(kernel, (), 10)
-    assert sorted(finished) == [1, 2]  # the other shares ran to their end first
+    with pytest.raises(ValueError, match="block 0"):
+        threads.run_rows(kernel, (), 12)
+    assert finished  # other threads' blocks had finished when the error was raised
     threads.use_threads(1)
-
-
-@pytest.mark.parametrize("face", FACES)
-def test_dense_rows_wider_than_a_zero_tile_in_any_column_order(face, rng):
-    """The CPU twin zeroes a dense row tile by tile ahead of its values: rows many tiles wide,
-    values unsorted within rows, modalities' columns permuted, rows with no value, one value
-    or gaps of several tiles, and buffers holding earlier data all give scipy's dense rows."""
-    from gpuload.kernels.cpu import ZERO_TILE
-
-    n_cols = 5 * ZERO_TILE + 37
-    density = [[0.0], [1 / n_cols], [0.002], [0.05], [0.5], [1.0]]
-    dense = np.ceil(rng.uniform(0, 5, (6, n_cols))) * (rng.uniform(size=(6, n_cols)) < density)
-    csr = sp.csr_matrix(dense.astype(np.float32))
-    for r in range(6):
-        lo, hi = csr.indptr[r], csr.indptr[r + 1]
-        order = rng.permutation(hi - lo)
-        csr.indices[lo:hi], csr.data[lo:hi] = csr.indices[lo:hi][order], csr.data[lo:hi][order]
-    columns = rng.permutation(n_cols)
-    groups = [np.sort(columns[: 2 * ZERO_TILE + 5]), columns[2 * ZERO_TILE + 5 : -3]]  # 3 in none
-    rows = np.array([5, 0, 1, 2, 3, 4, 4, 1])
-    for _ in range(2):  # the second run writes into recycled output buffers
-        parts, present, status = gather(face, csr, rows, groups, [ops.IDENTITY] * 2, np.ones((6, 2)))
-        assert status is None
-        for part, cols in zip(parts, groups, strict=True):
-            np.testing.assert_array_equal(part, dense[rows][:, cols].astype(np.float32))
 
 
 def test_a_forked_child_runs_cpu_kernels_on_threads_of_its_own(tmp_path):
@@ -531,13 +512,13 @@ def test_a_forked_child_runs_cpu_kernels_on_threads_of_its_own(tmp_path):
     from gpuload.kernels import threads
 
     threads.use_threads(2)
-    threads.run_rows(lambda first, step: None, (), 4)  # the parent's pool exists
+    threads.run_rows(lambda start, stop: None, (), 4)  # the parent's pool exists
     pid = os.fork()
     if pid == 0:  # the child: run a split kernel, exit 0 if it returns
         done = []
         threads.use_threads(2)
-        threads.run_rows(lambda first, step: done.append(first), (), 4)
-        os._exit(0 if sorted(done) == [0, 1] else 1)
+        threads.run_rows(lambda start, stop: done.append(start), (), 4)
+        os._exit(0 if sorted(done) == [0, 1, 2, 3] else 1)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         waited, status = os.waitpid(pid, os.WNOHANG)

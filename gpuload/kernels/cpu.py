@@ -1,5 +1,5 @@
-"""CPU twin of the assembly kernels: each thread takes whole rows of a super-batch, the rows
-``first``, ``first + step``, ... (:mod:`gpuload.kernels.threads` runs one call per thread).
+"""CPU twin of the assembly kernels: a call assembles super-batch rows ``start`` to ``stop``
+(:mod:`gpuload.kernels.threads` hands blocks of rows to its threads).
 
 A dense row is zeroed tile by tile just ahead of the values written into it (:func:`fill_dense_row`):
 a tile of ``ZERO_TILE`` elements is set to zero when the first value that falls in it (or past it)
@@ -90,13 +90,13 @@ def fill_row(r, row, grow, indptr, indices, data, col_dest, mod_code, mod_thresh
 @cached(njit, config, nogil=True)
 def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_width, mod_code, mod_threshold,
                 row_scale, col_weight, row_out, out, present, status, obs_f, obs_f_out, obs_i, obs_i_out,
-                obs_u, obs_u_out, first, step):
-    """Dense output of super-batch rows ``first``, ``first + step``, ...: row ``r`` from block
+                obs_u, obs_u_out, start, stop):
+    """Dense output of super-batch rows ``start`` to ``stop``: row ``r`` from block
     row ``local_rows[r]`` (file row ``global_rows[r]``) into ``out`` at ``row_out[r]``,
     transformed; ``present[m, r]``, ``status[r]`` (OK or an error code) and the obs columns of
     the row."""
     zeroed = np.zeros(mod_width.size, np.int64)
-    for r in range(first, local_rows.size, step):
+    for r in range(start, stop):
         err, bits = fill_dense_row(r, local_rows[r], global_rows[r], indptr, indices, data, col_dest,
                                    mod_width, mod_code, mod_threshold, row_scale, col_weight, row_out, out,
                                    zeroed)
@@ -109,10 +109,10 @@ def gather_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_wi
 @cached(njit, config, nogil=True)
 def fill_rows(indptr, indices, data, local_rows, global_rows, col_dest, mod_code, mod_threshold, row_scale,
               col_weight, cursor, out_indices, out_values, present, status, obs_f, obs_f_out, obs_i,
-              obs_i_out, obs_u, obs_u_out, first, step):
-    """Sparse output of super-batch rows ``first``, ``first + step``, ...: the entries at the row
-    offsets in ``cursor``, plus the presence, status and obs of each row as :func:`gather_rows`."""
-    for r in range(first, local_rows.size, step):
+              obs_i_out, obs_u, obs_u_out, start, stop):
+    """Sparse output of super-batch rows ``start`` to ``stop``: the entries at the row offsets in
+    ``cursor``, plus the presence, status and obs of each row as :func:`gather_rows`."""
+    for r in range(start, stop):
         err, bits = fill_row(r, local_rows[r], global_rows[r], indptr, indices, data, col_dest, mod_code,
                              mod_threshold, row_scale, col_weight, cursor, out_indices, out_values)
         for m in range(present.shape[0]):
