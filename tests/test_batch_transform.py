@@ -16,7 +16,7 @@ from gpuload.device import check
 from gpuload.epoch import tensors_of
 from gpuload.errors import ArgumentError
 
-from .conftest import recording_backend
+from .conftest import gpuload_threads, recording_backend
 
 KWARGS = dict(batch_size=50, shuffle=True, seed=3, obs_keys=["cell_type"], chunk_size=16, window=4)
 
@@ -65,7 +65,7 @@ def test_an_error_in_the_transform_reaches_the_loop_after_the_batches_before(sma
             seen.append(b["index"].numpy())
     assert len(seen) == 2
     np.testing.assert_array_equal(np.concatenate(seen), np.concatenate(expected[:2]))
-    assert not [t for t in threading.enumerate() if t.name.startswith("gpuload-")]
+    assert not gpuload_threads()
     # The failed batch was not consumed: a fresh loader resumes there.
     state = loader.state_dict()
     assert state["batches_done"] == 2
@@ -143,12 +143,12 @@ def test_the_transform_runs_on_the_loader_stream_and_the_hand_off_waits_for_it(s
     assert {ops[i].stream for i in transform_at.values()} == {"compute"}
     event_at = {op.event: (i, op.name) for i, op in enumerate(ops) if op.kind == "event"}
     hand_offs = [op for op in ops if op.kind == "wait" and op.thread == "MainThread"]
-    # One hand-off per super-batch (the first batch alone, then three at a time), each waiting on
-    # the event recorded after the transforms of all its batches.
-    assert len(batches) == len(loader) == 8 and len(hand_offs) == 4
-    for wait, batches_of_it in zip(
-        hand_offs, (batches[:1], batches[1:4], batches[4:7], batches[7:]), strict=True
-    ):
+    # One hand-off per super-batch (reads of 1, 1, 2 and 4 batches through the first window, at
+    # most three batches a super-batch), each waiting on the event recorded after the transforms
+    # of all its batches.
+    assert len(batches) == len(loader) == 8 and len(hand_offs) == 5
+    super_batches = (batches[:1], batches[1:2], batches[2:4], batches[4:7], batches[7:])
+    for wait, batches_of_it in zip(hand_offs, super_batches, strict=True):
         at, name = event_at[wait.event]
         assert name.startswith("batch transform")
         assert all(at > transform_at[f"user transform {int(b['index'][0])}"] for b in batches_of_it)
