@@ -2,13 +2,14 @@
 
 :class:`~gpuload.formats.csr.DirectArray` reads a dataset at its chunks' file offsets, so a file's
 first read needs the whole chunk index. h5py's ``chunk_iter`` calls a Python function per chunk
-(~1-3.5 us each with the object it builds), and anndata writes sparse arrays in 16-40 KB chunks: a
-10k-cell narrow file's ``indices`` and ``data`` have ~5,000, a first read per file of ~5-13 ms
-(benchmarks/RESULTS.md, 2026-12-07). HDF5's own ``H5Dchunk_iter`` walks the same index with a C
-callback; here that callback is a numba ``cfunc`` that writes each chunk's (first element, file
-address) into a numpy array, so the walk makes no Python call per chunk. The table is exactly what
-HDF5 reports, never inferred from a pattern. Where that path is not there (an h5py built against
-an HDF5 without ``H5Dchunk_iter``, a symbol not found, a walk that reports more chunks than the
+(about 1 us each with the object it builds), and anndata writes sparse arrays in 16-40 KB chunks:
+a 10k-cell narrow file's ``indices`` and ``data`` have 5,032, and its row reader cost 5.7 ms to
+open alone, 9-12 ms (median) inside a running loader (benchmarks/RESULTS.md, 2026-12-07).
+HDF5's own ``H5Dchunk_iter`` walks the same index with a C callback; here that callback is a numba
+``cfunc`` that writes each chunk's (first element, file address) into a numpy array, so the walk
+makes no Python call per chunk (the reader then opens in 1.0 ms). The table is exactly what HDF5
+reports, never inferred from a pattern. Where that path is not there (an h5py built against an
+HDF5 without ``H5Dchunk_iter``, a symbol not found, a walk that reports more chunks than the
 shape holds) the table comes from ``chunk_iter``, as before; a dataset with few chunks goes that
 way too, so a small file never loads the compiled callback.
 """
@@ -24,16 +25,18 @@ import numpy as np
 from h5py._objects import phil  # h5py's lock over the (not thread-safe) HDF5 library
 from numba import carray, cfunc, types
 
-# Fewer chunks than this are walked by ``chunk_iter`` (~0.2 ms at most): loading the compiled
-# callback costs ~2 ms once per process, compiling it (first use after an install) ~0.4 s.
+# Fewer chunks than this are walked by ``chunk_iter`` (~0.3 ms at most): loading the compiled
+# callback from numba's cache costs 4-8 ms once per process (numba's own start-up, 0.3-0.7 s, is
+# shared with the loader's kernels), compiling it (first use after an install) 0.14-0.16 s.
 MIN_CHUNKS_FOR_C_WALK = 256
 
 # ``op_data`` of the walk: [capacity, visited, (first element, address) * capacity].
 _HEADER = 2
 
 # H5D_chunk_iter_op_t: int (*)(const hsize_t *offset, unsigned filter_mask, haddr_t addr,
-# hsize_t size, void *op_data). Before HDF5 1.14.4 ``size`` was a uint32_t; it is not read here,
-# and the arguments read (offset, addr, op_data) are passed the same way in either signature.
+# hsize_t size, void *op_data) (HDF5 1.14 and 2.0). Some development releases declared ``size``
+# a uint32_t; it is not read here, and the arguments read (offset, addr, op_data) are passed the
+# same way in either signature.
 _VISIT = types.int32(types.CPointer(types.uint64), types.uint32, types.uint64, types.uint64, types.voidptr)
 
 
@@ -65,7 +68,8 @@ def _resolve_hdf5_chunk_iter():
     if not hasattr(h5py.h5d.DatasetID, "chunk_iter"):
         return None  # h5py was built against an HDF5 whose H5Dchunk_iter it does not know
     try:
-        # h5d's handle: dlsym searches its dependencies, so this is the libhdf5 h5py itself uses
+        # h5d's handle: dlsym searches its dependencies, so this is the libhdf5 h5py itself uses;
+        # a CDLL call releases the GIL while HDF5 reads the index (from disk, if not cached)
         walk = ctypes.CDLL(h5py.h5d.__file__).H5Dchunk_iter
     except (OSError, AttributeError):
         return None
