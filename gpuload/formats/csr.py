@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit
 
 from gpuload.errors import SchemaError
+from gpuload.formats.chunk_index import chunk_table
 from gpuload.formats.types import RowBlock, row_runs
 
 # Runs of requested rows closer than this many stored values are read as one span.
@@ -38,7 +39,7 @@ class DirectArray:
 
     HDF5 walks its chunk index and cache for every chunk it reads, holding the GIL; anndata
     writes sparse arrays in ~40 KB chunks, so a 4 MB span is ~100 trips through that machinery.
-    Reading the bytes straight into the output buffer (offsets from ``chunk_iter``; the GIL is
+    Reading the bytes straight into the output buffer (offsets from :func:`chunk_table`; the GIL is
     released during each system call) is faster: ``benchmarks/store_reads.py`` times gpuload's row
     reads against anndata's (benchmarks/RESULTS.md, 2026-11-24 10:22 UTC). A short
     read is an ``OSError``, never a crash (a memory map of a file truncated under it would be).
@@ -67,15 +68,12 @@ class DirectArray:
             if offset is None:
                 return None
             chunk_len, offsets = max(size, 1), np.array([offset], dtype=np.int64)
-        elif plist.get_layout() == h5py.h5d.CHUNKED and hasattr(dataset.id, "chunk_iter"):
+        elif plist.get_layout() == h5py.h5d.CHUNKED and (table := chunk_table(dataset)) is not None:
             chunk_len = dataset.chunks[0]
-            table: list[tuple[int, int]] = []
-            dataset.id.chunk_iter(lambda info: table.append((info.chunk_offset[0], info.byte_offset)))
-            table.sort()
-            starts = np.array([t[0] for t in table], dtype=np.int64)
+            starts = table[:, 0]
             if starts.size != -(-size // chunk_len) or np.any(starts != np.arange(starts.size) * chunk_len):
                 return None  # unallocated chunks: only HDF5 knows their fill value
-            offsets = np.array([t[1] for t in table], dtype=np.int64)
+            offsets = table[:, 1].copy()
         else:
             return None
         if offsets.size and offsets.max() + chunk_len * dtype.itemsize > file_size:
