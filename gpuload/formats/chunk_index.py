@@ -22,8 +22,12 @@ import threading
 
 import h5py
 import numpy as np
-from h5py._objects import phil  # h5py's lock over the (not thread-safe) HDF5 library
 from numba import carray, cfunc, types
+
+try:  # h5py's lock over the (not thread-safe) HDF5 library: a call into HDF5 must hold it
+    from h5py._objects import phil
+except ImportError:  # an h5py that keeps it elsewhere: no C walk (chunk_iter holds it itself)
+    phil = None
 
 # Fewer chunks than this are walked by ``chunk_iter`` (~0.3 ms at most): loading the compiled
 # callback from numba's cache costs 4-8 ms once per process (numba's own start-up, 0.3-0.7 s, is
@@ -84,7 +88,7 @@ def _by_first_element(table: np.ndarray) -> np.ndarray:
 
 def chunk_table_in_c(dataset: h5py.Dataset) -> np.ndarray | None:
     """:func:`chunk_table` through ``H5Dchunk_iter``, or None where it is unavailable or fails."""
-    found = hdf5_chunk_iter()
+    found = hdf5_chunk_iter() if phil is not None else None
     if found is None:
         return None
     walk, visit = found
