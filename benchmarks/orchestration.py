@@ -16,10 +16,11 @@ VM (six to nine epochs' worth) and falls into an epoch depending on what ran bef
 timed epochs start after a ``gc.collect()``, the median epoch is reported with the lowest and
 highest, and the collections of each generation during the timed epochs are counted.
 
-The file is narrow, so the super-batch budget is scaled by its width: each launch covers as many batches as the cuda face's default budget
-does at the BMMC file's full width (129,921 features). A last, recorded epoch reports how many
-times a loader thread waited for the latest event of a stream (a drain: it would stall until the
-GPU ran dry) and whether the happens-before checker finds the epoch ordered.
+The file is narrow, so the super-batch budget is scaled by its width: each launch covers as many
+batches as the cuda face's default budget does at the BMMC file's full width (129,921 features).
+A last, recorded epoch reports how many times a loader thread waited for the latest event of a
+stream (a drain: it would stall until the GPU ran dry) and whether the happens-before checker
+finds the epoch ordered.
 """
 
 from __future__ import annotations
