@@ -61,7 +61,7 @@ class KernelRun:
     status: np.ndarray
     status_fence: Fence | None
     names: tuple[str, ...]
-    shapes: list[list[tuple[int, int]]]
+    shapes: list[tuple[tuple[int, int], ...]]
 
     @property
     def n(self) -> int:
@@ -116,6 +116,7 @@ class OutputKind(ABC):
         self.names, self.widths = layout.names, np.asarray(layout.widths, dtype=np.int64)
         self.prefix = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
         self.width = int(self.widths.sum())
+        self.batch_shapes: dict[int, tuple[tuple[int, int], ...]] = {}  # by batch size (shapes())
         value = torch.empty(0, dtype=self.kernel_dtype).numpy().dtype
         host = {
             "col_dest": layout.col_dest,
@@ -225,9 +226,14 @@ class OutputKind(ABC):
         targets = {t.data_ptr() for t in (*outputs, *scratch.values())}
         return [a for a in args if hasattr(a, "shape") and span(a)[0] in targets]
 
-    def shapes(self, sizes: np.ndarray) -> list[list[tuple[int, int]]]:
-        """The shape of each batch's (``sizes``) modalities: ``[batch][modality]``."""
-        return [[(int(size), int(w)) for w in self.widths] for size in sizes]
+    def shapes(self, sizes: np.ndarray) -> list[tuple[tuple[int, int], ...]]:
+        """The shape of each batch's (``sizes``) modalities: ``[batch][modality]`` (one tuple per
+        batch size, made once and shared)."""
+        made, widths = self.batch_shapes, self.widths.tolist()
+        return [
+            made.get(size) or made.setdefault(size, tuple((size, w) for w in widths))
+            for size in sizes.tolist()
+        ]
 
     def cast(self, values: torch.Tensor) -> torch.Tensor:
         """The kernel's ``values`` in the output dtype (float16/bfloat16 from float32)."""

@@ -61,6 +61,8 @@ def span(array) -> tuple[int, int]:
     """(address, bytes) of a tensor, numpy array or CUDA array: what the ledger records."""
     if isinstance(array, torch.Tensor):
         return array.data_ptr(), array.numel() * array.element_size()
+    if isinstance(array, np.ndarray):
+        return array.__array_interface__["data"][0], array.nbytes
     interface = getattr(array, "__cuda_array_interface__", None) or array.__array_interface__
     size = int(np.prod(interface["shape"], dtype=np.int64)) * np.dtype(interface["typestr"]).itemsize
     return interface["data"][0], size
@@ -137,8 +139,12 @@ class Backend:
 
     def note(self, kind: str, name: str, size: int = 0, address: int = 0, **detail) -> None:
         """Write an operation on the current stream to the ledger (``detail``: see
-        :class:`~gpuload.device.ledger.DeviceOp`; computed by callers only when recording)."""
-        self.ledger.add(kind, name, self.stream_name(), size, address, **detail)
+        :class:`~gpuload.device.ledger.DeviceOp`; computed by callers only when recording), or
+        only count it when the ledger does not record (the stream is not asked then)."""
+        if self.ledger.record:
+            self.ledger.add(kind, name, self.stream_name(), size, address, **detail)
+        else:
+            self.ledger.count(kind)
 
     def note_host(self, kind: str, name: str, peer: str = "", arrays: Sequence = ()) -> None:
         """A host-side ordering or access for the checker: ``spawn``/``joined`` a thread,
@@ -155,6 +161,10 @@ class Backend:
         return self._allocated(torch.empty(shape, dtype=dtype, device=self.torch_device), name)
 
     def _allocated(self, out: torch.Tensor, name: str) -> torch.Tensor:
+        if not self.ledger.record:
+            if out.numel():
+                self.ledger.count("alloc")
+            return out
         address, size = span(out)
         if size:  # an empty tensor has no memory (and no address of its own)
             self.note("alloc", name, size, address)
@@ -181,10 +191,11 @@ class Backend:
         target.copy_(torch.from_numpy(host))
 
     def _copy_note(self, kind: str, name: str, source, target) -> None:
-        detail: dict[str, Any] = (
-            {"reads": (span(source),), "writes": (span(target),)} if self.ledger.record else {}
-        )
-        self.note(kind, name, span(source)[1], **detail)
+        if not self.ledger.record:
+            self.ledger.count(kind)
+            return
+        read = span(source)
+        self.note(kind, name, read[1], reads=(read,), writes=(span(target),))
 
     def cast(self, tensor: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
         """``tensor`` as ``dtype`` (a device kernel on the GPU)."""
