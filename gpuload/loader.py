@@ -320,7 +320,10 @@ class MultiomeLoader(Selection):
         widest = max((b.size for b in batches), default=1)
         positions = self.positions
         rows = (positions[b] for b in batches)  # file rows, made as the reads are planned
-        requests = load_requests(rows, positions, s.chunk_size, s.window, widest)
+        held = self.fetcher.preloaded  # after the first run of a preloading loader: nothing to plan
+        requests = load_requests(
+            rows, positions, s.chunk_size, s.window, widest, held=None if held is None else held.rows
+        )
         run = EpochRun(
             requests,
             self.fetcher,

@@ -268,7 +268,13 @@ class LoadRequest:
 
 
 def load_requests(
-    batches: Iterable[np.ndarray], positions: np.ndarray, chunk_size: int, window: int, batch_size: int
+    batches: Iterable[np.ndarray],
+    positions: np.ndarray,
+    chunk_size: int,
+    window: int,
+    batch_size: int,
+    *,
+    held: np.ndarray | None = None,
 ) -> Iterator[LoadRequest]:
     """Consecutive ``batches`` (file rows) grouped into reads of about ``chunk_size * window``
     cells; ``positions`` are the selected file rows, sorted. A generator: a run holds one group's
@@ -277,7 +283,9 @@ def load_requests(
     The first batch is read on its own, so that it arrives without waiting for a whole group.
     A group reads its own rows, or, when they fill at least half of the chunks they touch (block
     shuffle), those whole chunks: few long contiguous reads instead of many short ones (a group
-    that straddles two windows takes random halves of chunks).
+    that straddles two windows takes random halves of chunks). ``held``: the rows of a block
+    already on the device (a preload), which every group then names as its rows, planning no
+    read of its own (sorting a group's rows costs about as much as assembling its batches).
     """
     per_group = max(1, (chunk_size * window) // batch_size)
     batches = iter(batches)
@@ -285,6 +293,9 @@ def load_requests(
         group = list(itertools.islice(batches, size))
         if not group:
             return
+        if held is not None:
+            yield LoadRequest(held, group)
+            continue
         rows = np.unique(np.concatenate(group))
         chunks = np.unique(np.searchsorted(positions, rows) // chunk_size)
         if chunks.size * chunk_size <= 2 * rows.size:
