@@ -99,13 +99,12 @@ class LazyColumns(MutableMapping):
     __slots__ = ("_columns", "_shared", "_make", "_argument")
 
     def __init__(self, columns, make: Callable | None = None, argument: Any = _NO_ARGUMENT) -> None:
-        self._make, self._argument, self._shared = make, argument, False
-        if make is None:
-            self._columns = dict(columns)
-        elif isinstance(columns, ColumnKeys):
+        self._make, self._argument = make, argument
+        if type(columns) is ColumnKeys:  # first: what every batch is handed
             self._columns, self._shared = columns.unmade, True
-        else:
-            self._columns = dict.fromkeys(columns, _NOT_MADE)
+            return
+        self._columns = dict(columns) if make is None else dict.fromkeys(columns, _NOT_MADE)
+        self._shared = False
 
     def _own(self) -> dict:
         """The columns, copied from the shared keys first if they still are those."""

@@ -1,19 +1,21 @@
 """One run of the loader (one ``iter()``): a reader thread and an assembler thread, one group apart.
 
-The reader reads group k+1 from the file (and copies it to the device on the copy stream)
-while the assembler runs the kernels on group k's super-batches on the compute stream: double
-buffering. Both hand their items over through bounded queues, so memory is O(window +
-prefetch); an exception in either thread reaches the consumer, after the batches assembled
-before it. Each batch is handed to the consumer's stream in the consumer's thread
-(:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
+The reader reads group k+1 from the file (and copies it to the device on the copy stream) while
+the assembler runs the kernels on group k's super-batches on the compute stream: double
+buffering. Once a loader has preloaded its rows there is nothing to read: a run then has no
+reader thread, and the assembler takes the preloaded block for each group itself (a third thread
+would only wake up to contend for the GIL). Both hand their items over through bounded queues,
+so memory is O(window + prefetch); an exception in either thread reaches the consumer, after the
+batches assembled before it. Each batch is handed to the consumer's stream in the consumer's
+thread (:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
 
 Runs are independent, as ``torch.utils.data.DataLoader``'s iterators are: each writes only into
 the page-locked rings it leased (:class:`~gpuload.device.RunRings`) and into fresh device
-memory, and shares only what is read-only (the plan, the assembler's inputs, a preloaded
-block). However a run ends (its epoch done, ``close()``, its iterator dropped, an error), its
-threads are stopped *and joined* before its rings go back to the loader, so nothing it wrote can
-be handed out by another run. What a live run holds: two threads, two read groups of
-page-locked memory plus ``prefetch + 2`` super-batches' rows and status (see
+memory, and shares only what is read-only (the plan, the assembler's inputs, a preloaded block).
+However a run ends (its epoch done, ``close()``, its iterator dropped, an error), its threads
+are stopped *and joined* before its rings go back to the loader, so nothing it wrote can be
+handed out by another run. What a live run holds: two threads (one once preloaded), two read
+groups of page-locked memory plus ``prefetch + 2`` super-batches' rows and status (see
 :class:`~gpuload.device.RunRings`), and up to ``prefetch + 2`` super-batches of device output.
 
 A ``batch_transform`` runs in the assembler thread, batch by batch, on the compute stream, once
@@ -134,7 +136,7 @@ class EpochRun:
                     self.requests, rings.reads if rings is not None else None, self.stopped
                 )
 
-        def assemble_batches(groups: Background) -> Generator[Assembled, None, None]:
+        def assemble_batches(groups: Iterable) -> Generator[Assembled, None, None]:
             # numba sets its config attributes at import time: its module declares none of them
             numba.set_num_threads(min(self.num_threads, numba.config.NUMBA_NUM_THREADS))  # type: ignore[attr-defined]
             with backend.device_context():
@@ -149,14 +151,19 @@ class EpochRun:
                             assembled = yield from transformed(assembled, self.batch_transform, backend)
                         yield assembled
 
-        groups = Background(read_groups(), 1, f"gpuload-reader-{self.number}", self.stopped, backend)
+        if self.fetcher.preloaded is None:
+            reader = Background(read_groups(), 1, f"gpuload-reader-{self.number}", self.stopped, backend)
+            groups: Iterable = reader
+            self.stages = [reader]
+        else:  # nothing left to read: the assembler takes its groups itself, no thread between
+            groups = self.fetcher.blocks(self.requests, None, self.stopped)
         ready = Background(
             assemble_batches(groups), self.prefetch, f"gpuload-assembler-{self.number}", self.stopped, backend
         )
-        self.stages = [ready, groups]
+        self.stages = [ready, *self.stages]
         _RUNNING.add(self)
-        groups.start()
-        ready.start()
+        for stage in reversed(self.stages):
+            stage.start()
         try:
             for assembled in ready:  # a super-batch at a time: one queue hand-over, not one per batch
                 assembled = assembler.settle(assembled)

@@ -135,9 +135,9 @@ class BatchAssembler:
             batches,
         )
         out: list[dict] = launched.every_batch()
-        for k, (batch, mask) in enumerate(zip(out, masks, strict=True)):
+        for k, (batch, mask, index) in enumerate(zip(out, masks, index_of, strict=True)):
             batch["mask"] = dict(zip(names, mask, strict=True))
-            batch["index"] = index_of[k]
+            batch["index"] = index
             if file_of is not None:
                 batch["file"] = file_of[k]
             batch["obs"], batch["obs_codes"] = obs.obs(k), obs.obs_codes(k)
