@@ -164,14 +164,6 @@ class SuperBatchObs:
     ) -> None:
         self.layout, self.matrices, self.starts, self.stops, self.rows = layout, matrices, starts, stops, rows
 
-    def obs(self, k: int) -> LazyColumns:
-        """Batch ``k``'s ``batch["obs"]``."""
-        return LazyColumns(self.layout.keys, self.value, k)
-
-    def obs_codes(self, k: int) -> LazyColumns:
-        """Batch ``k``'s ``batch["obs_codes"]``."""
-        return LazyColumns(self.layout.code_keys, self.code, k)
-
     def value(self, k: int, key: str):
         layout = self.layout
         if key in layout.categories:

@@ -196,18 +196,13 @@ class LoaderIterator:
     batches) and is closed, threads joined, when the epoch ends, on :meth:`close`, when the
     iterator is garbage collected, or by its loader (``loader.close()``, or a loader with too
     many live runs closing its oldest; ``next()`` then raises instead of handing out anything).
-    ``progress(self, done)`` is told of every batch yielded and of the end.
+    While it is ``position``'s latest iterator (``position.latest == number``) it moves the
+    position: every batch it yields, and its end.
     """
 
-    def __init__(
-        self,
-        start_run: StartRun,
-        epoch: int,
-        first: int,
-        progress: Callable[[LoaderIterator, bool], None],
-    ) -> None:
-        self.epoch, self.batches_done = epoch, first
-        self._start_run, self._progress = start_run, progress
+    def __init__(self, start_run: StartRun, epoch: int, first: int, position: Position, number: int) -> None:
+        self.epoch, self.batches_done, self.number = epoch, first, number
+        self._start_run, self._position = start_run, position
         self.run: EpochRun | None = None
         self._batches: Iterator[dict] | None = None
         self.closed_because: str | None = None
@@ -224,10 +219,12 @@ class LoaderIterator:
             batch = next(self._batches)
         except StopIteration:
             self.closed_because = "its epoch ended"
-            self._progress(self, True)
+            self._position.ended(self)
             raise
         self.batches_done += 1
-        self._progress(self, False)
+        position = self._position
+        if position.latest == self.number:  # an attribute write per batch, not a call
+            position.batches_done = self.batches_done
         return batch
 
     @property
@@ -258,7 +255,7 @@ class Position:
     def __init__(self, limit: int) -> None:
         self.epoch, self.batches_done, self.resume_requested = 0, 0, False
         self.limit = limit
-        self._latest: weakref.ref | None = None
+        self.latest: int | None = None  # the number of the iterator that moves the position
         self._live: weakref.WeakValueDictionary[int, LoaderIterator] = weakref.WeakValueDictionary()
         self._created = itertools.count()
 
@@ -266,7 +263,7 @@ class Position:
         """``set_epoch`` (``resume=False``) or ``load_state_dict``: the next iterator starts here;
         iterators made before no longer move the position."""
         self.epoch, self.batches_done, self.resume_requested = epoch, batches_done, resume
-        self._latest = None
+        self.latest = None
 
     def new_iterator(self, start_run: StartRun) -> LoaderIterator:
         """An iterator at the position, whose first ``next()`` calls ``start_run(epoch, first)``."""
@@ -274,11 +271,12 @@ class Position:
             self.resume_requested = False
         elif self.batches_done:  # the latest iterator left its epoch part-way: a fresh epoch
             self.epoch, self.batches_done = self.epoch + 1, 0
+        number = next(self._created)
         iterator = LoaderIterator(
-            partial(self._start, start_run), self.epoch, self.batches_done, self._progress
+            partial(self._start, start_run), self.epoch, self.batches_done, self, number
         )
-        self._latest = weakref.ref(iterator)
-        self._live[next(self._created)] = iterator
+        self.latest = number
+        self._live[number] = iterator
         return iterator
 
     def _start(self, start_run: StartRun, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
@@ -287,10 +285,11 @@ class Position:
             old.close(f"{self.limit} newer iterators of the same loader were started")
         return start_run(epoch, first)
 
-    def _progress(self, iterator: LoaderIterator, done: bool) -> None:
-        if self._latest is not None and self._latest() is iterator:
-            self.epoch = iterator.epoch + 1 if done else iterator.epoch
-            self.batches_done = 0 if done else iterator.batches_done
+    def ended(self, iterator: LoaderIterator) -> None:
+        """``iterator`` yielded the last batch of its epoch: the position moves to the next
+        epoch if it is the latest iterator (its batches moved it as they were yielded)."""
+        if self.latest == iterator.number:
+            self.epoch, self.batches_done = iterator.epoch + 1, 0
 
     def close_all(self, because: str) -> None:
         for iterator in list(self._live.values()):

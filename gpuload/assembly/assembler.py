@@ -12,7 +12,7 @@ import torch
 from gpuload.assembly.dense import DenseOutput
 from gpuload.assembly.output_kind import OutputKind, SuperBatch
 from gpuload.assembly.sparse_csr import SparseCsrOutput
-from gpuload.batch_columns import ObsLayout, SuperBatchObs
+from gpuload.batch_columns import LazyColumns, ObsLayout, SuperBatchObs
 from gpuload.device import Backend, Fence, RunRings
 from gpuload.errors import DataValueError
 from gpuload.fetch import DeviceBlock
@@ -134,13 +134,17 @@ class BatchAssembler:
             stops,
             batches,
         )
+        keys, codes = self.obs_layout.keys, self.obs_layout.code_keys
         out: list[dict] = launched.every_batch()
         for k, (batch, mask, index) in enumerate(zip(out, masks, index_of, strict=True)):
             batch["mask"] = dict(zip(names, mask, strict=True))
             batch["index"] = index
             if file_of is not None:
                 batch["file"] = file_of[k]
-            batch["obs"], batch["obs_codes"] = obs.obs(k), obs.obs_codes(k)
+            batch["obs"], batch["obs_codes"] = (
+                LazyColumns(keys, obs.value, k),
+                LazyColumns(codes, obs.code, k),
+            )
             if obsm:
                 batch["obsm"] = {key: values[starts[k] : stops[k]] for key, values in obsm.items()}
         handed = (meta, *run.scratch.values(), *launched.outputs, *obsm.values())
