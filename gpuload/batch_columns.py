@@ -116,7 +116,7 @@ class LazyColumns(MutableMapping):
         value = self._columns[key]
         if value is _NOT_MADE:
             argument = self._argument
-            value = self._make(key) if argument is _NO_ARGUMENT else self._make(argument, key)  # type: ignore[misc]
+            value = self._make(key) if argument is _NO_ARGUMENT else self._make(argument, key)
             self._own()[key] = value
         return value
 

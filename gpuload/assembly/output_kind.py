@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpuload.device import Backend, Carver, Fence, RunRings, span
+from gpuload.device import Backend, Fence, RunRings, span
 from gpuload.fetch import DeviceBlock
 from gpuload.plan import LoaderPlan
 
@@ -152,14 +152,15 @@ class OutputKind(ABC):
         ``plan.deliver_file``, each row's file id follows the parts, as the last ``n`` values."""
         if self.plan.deliver_file:
             parts = [*parts, self.plan.file_of(parts[1])]
-        n = sum(p.size for p in parts)
+        flat = [p.ravel() for p in parts]
+        n = sum(p.size for p in flat)
         slot = None
         if rings is None:
             host = np.empty(n, dtype=np.int64)
         else:
-            slot, buffer = rings.meta.take(Carver.size_of([(n, np.int64)]))
-            host = Carver(buffer)(n, np.int64)
-        np.concatenate([p.ravel() for p in parts], out=host)
+            slot, buffer = rings.meta.take(8 * n)
+            host = buffer[: 8 * n].view(np.int64)  # a ring buffer starts aligned
+        np.concatenate(flat, out=host)
         if rings is not None:
             self.backend.note_host("host_write", "super-batch rows", arrays=(buffer,))
         return self.backend.upload(host, "super-batch rows"), slot
