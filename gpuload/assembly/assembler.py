@@ -158,10 +158,10 @@ class BatchAssembler:
             return assembled
         self.backend.wait_host(assembled.status_fence)
         self.backend.note_host("host_read", "status", arrays=(assembled.status,))
-        bad = np.flatnonzero(assembled.status)
-        if not bad.size:
+        if not assembled.status.any():  # one C call in the common case
             assembled.status = None
             return assembled
+        bad = np.flatnonzero(assembled.status)
         kept = int(assembled.batch_of[bad[0]])
         error = self._error(int(assembled.status[bad[0]]), int(assembled.rows[bad[0]]))
         return Assembled(assembled.batches[:kept], assembled.fence, assembled.buffers, error)

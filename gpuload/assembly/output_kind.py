@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,11 +21,10 @@ from gpuload.fetch import DeviceBlock
 from gpuload.plan import LoaderPlan
 
 
-@dataclass(frozen=True)
-class SuperBatch:
+class SuperBatch(NamedTuple):
     """Consecutive batches of file rows assembled by one launch: ``rows`` (every batch's, in
     order), ``sizes`` (rows per batch), ``batch_of`` (each row's batch) and ``first`` (each
-    batch's first row)."""
+    batch's first row). A named tuple: made once per super-batch in one call."""
 
     rows: np.ndarray
     sizes: np.ndarray

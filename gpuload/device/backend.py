@@ -37,8 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -48,10 +47,10 @@ from gpuload.device.ledger import DeviceLedger
 _EVENT_IDS = itertools.count(1)  # every fence of every backend, numbered for the ledger
 
 
-@dataclass(frozen=True)
-class Fence:
+class Fence(NamedTuple):
     """An event recorded on one of the loader's streams: ``number`` names it in the ledger,
-    ``event`` is the ``torch.cuda.Event`` on the cuda face (None elsewhere)."""
+    ``event`` is the ``torch.cuda.Event`` on the cuda face (None elsewhere). A named tuple:
+    two are made per super-batch, each in one call."""
 
     number: int
     event: Any = None  # torch.cuda.Event (the cuda face) or None
