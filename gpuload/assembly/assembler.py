@@ -115,7 +115,11 @@ class BatchAssembler:
         with b.on_stream():
             launched = self.kind.launch(block, sb, rings)
             run = launched.run
-            obsm = {k: b.take_rows(m, run.file_rows, f"obsm {k}") for k, m in self.obsm.items()}
+            obsm = (
+                {k: b.take_rows(m, run.file_rows, f"obsm {k}") for k, m in self.obsm.items()}
+                if self.obsm
+                else {}
+            )
             fence = b.fence("super-batch")
             if rings is not None and run.meta_slot is not None:
                 rings.meta.release(run.meta_slot, fence)
