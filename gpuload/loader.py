@@ -133,7 +133,7 @@ class MultiomeLoader(Selection):
         see ``benchmarks/RESULTS.md``). Training on the same CPU, leave the model some
         (``gpuload train`` takes half). ``num_workers=N`` (N > 0) sets it as ``DataLoader``'s
         worker count would; ``num_workers=0`` keeps the default. Each iterator also runs one
-        reader and one assembler thread, whatever these say.
+        reader (none once the rows are preloaded) and one assembler thread, whatever these say.
     preload
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
