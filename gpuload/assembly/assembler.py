@@ -126,11 +126,12 @@ class BatchAssembler:
         n, names, meta, scratch = sb.n, run.names, run.meta, run.scratch
         starts, stops, sizes = sb.first.tolist(), (sb.first + sb.sizes).tolist(), sb.sizes.tolist()
         # A batch's host cost is the handful of objects it is made of: each per-row array is cut
-        # into every batch's view in one call (split), not one view at a time, and its obs
+        # into every batch's view in one call (split_with_sizes), not one view at a time, and its obs
         # columns are two lazy mappings over one object per super-batch.
-        masks = zip(*(m.split(sizes) for m in scratch["present"].view(torch.bool).unbind(0)), strict=True)
-        index_of = meta[n : 2 * n].split(sizes)
-        file_of = meta[meta.numel() - n :].split(sizes) if self.plan.deliver_file else None
+        present = scratch["present"].view(torch.bool).unbind(0)
+        masks = zip(*(m.split_with_sizes(sizes) for m in present), strict=True)
+        index_of = meta[n : 2 * n].split_with_sizes(sizes)
+        file_of = meta[meta.numel() - n :].split_with_sizes(sizes) if self.plan.deliver_file else None
         obs = SuperBatchObs(
             self.obs_layout,
             (scratch["obs_f"], scratch["obs_i"], scratch["obs_u"].view(torch.bool)),
