@@ -26,21 +26,42 @@ class _Failure:
     error: BaseException
 
 
-class _LedgerQueue(queue.Queue):
-    """A bounded queue whose hand-overs the backend's ledger sees, inside the queue's lock (so
-    the ledger's order of puts and gets is the queue's)."""
+class _Handover:
+    """A bounded queue of items between two threads, in C: the items in one ``SimpleQueue`` and
+    the free places in another (a ``queue.Queue`` would run some 40 Python calls per item, each
+    one paid again when the thread wakes up with cold caches). The backend's ledger sees every
+    hand-over: a ``put`` once a place is free and before the item is there, a ``get`` once the
+    item is taken and before its place is freed, so a ``put`` that had to wait for a place
+    follows, in the ledger too, the ``get`` that freed it."""
 
     def __init__(self, maxsize: int, name: str, backend: Backend) -> None:
-        super().__init__(maxsize)
         self.name, self.backend = name, backend
+        self.items: queue.SimpleQueue = queue.SimpleQueue()
+        self.places: queue.SimpleQueue = queue.SimpleQueue()
+        for _ in range(maxsize):
+            self.places.put(None)
 
-    def _put(self, item) -> None:
+    def put(self, item, timeout: float) -> None:
+        """Hand ``item`` over once a place is free (``queue.Empty`` after ``timeout`` seconds)."""
+        self.places.get(timeout=timeout)
         self.backend.note_host("put", "item", peer=self.name)
-        super()._put(item)
+        self.items.put(item)
 
-    def _get(self):
+    def get(self, timeout: float):
+        """The next item (``queue.Empty`` after ``timeout`` seconds)."""
+        item = self.items.get(timeout=timeout)
         self.backend.note_host("get", "item", peer=self.name)
-        return super()._get()
+        self.places.put(None)
+        return item
+
+    def drop(self) -> None:
+        """Drop the items waiting, freeing their places (a thread waiting for one sees it at once)."""
+        while True:
+            try:
+                self.items.get_nowait()
+            except queue.Empty:
+                return
+            self.places.put(None)
 
 
 class Background:
@@ -54,7 +75,7 @@ class Background:
     def __init__(
         self, items: Generator, maxsize: int, name: str, stop: threading.Event, backend: Backend
     ) -> None:
-        self._queue = _LedgerQueue(maxsize, name, backend)
+        self._queue = _Handover(maxsize, name, backend)
         self._stop, self._backend = stop, backend
         self.thread = threading.Thread(target=self._run, args=(items,), name=name, daemon=True)
 
@@ -67,7 +88,7 @@ class Background:
             try:
                 self._queue.put(item, timeout=_POLL_SECONDS)
                 return True
-            except queue.Full:
+            except queue.Empty:  # no free place yet
                 continue
         return False
 
@@ -87,7 +108,7 @@ class Background:
             try:
                 item = self._queue.get(timeout=_POLL_SECONDS)
             except queue.Empty:
-                if not self.thread.is_alive() and self._queue.empty():
+                if not self.thread.is_alive() and self._queue.items.empty():
                     raise GpuloadError(f"{self.thread.name} thread ended without a result") from None
                 continue
             if item is _END:
@@ -98,11 +119,7 @@ class Background:
 
     def drain(self) -> None:
         """Drop the items waiting in the queue (after a stop: nobody will take them)."""
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                return
+        self._queue.drop()
 
     def join(self) -> bool:
         """Wait for the thread to end (True), at most ``_JOIN_SECONDS`` (False, with a warning)."""

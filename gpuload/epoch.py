@@ -1,19 +1,21 @@
 """One run of the loader (one ``iter()``): a reader thread and an assembler thread, one group apart.
 
-The reader reads group k+1 from the file (and copies it to the device on the copy stream)
-while the assembler runs the kernels on group k's super-batches on the compute stream: double
-buffering. Both hand their items over through bounded queues, so memory is O(window +
-prefetch); an exception in either thread reaches the consumer, after the batches assembled
-before it. Each batch is handed to the consumer's stream in the consumer's thread
-(:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
+The reader reads group k+1 from the file (and copies it to the device on the copy stream) while
+the assembler runs the kernels on group k's super-batches on the compute stream: double
+buffering. Once a loader has preloaded its rows there is nothing to read: a run then has no
+reader thread, and the assembler takes the preloaded block for each group itself (a third thread
+would only wake up to contend for the GIL). Both hand their items over through bounded queues,
+so memory is O(window + prefetch); an exception in either thread reaches the consumer, after the
+batches assembled before it. Each batch is handed to the consumer's stream in the consumer's
+thread (:meth:`~gpuload.device.Backend.hand_off`), just before it is yielded.
 
 Runs are independent, as ``torch.utils.data.DataLoader``'s iterators are: each writes only into
 the page-locked rings it leased (:class:`~gpuload.device.RunRings`) and into fresh device
-memory, and shares only what is read-only (the plan, the assembler's inputs, a preloaded
-block). However a run ends (its epoch done, ``close()``, its iterator dropped, an error), its
-threads are stopped *and joined* before its rings go back to the loader, so nothing it wrote can
-be handed out by another run. What a live run holds: two threads, two read groups of
-page-locked memory plus ``prefetch + 2`` super-batches' rows and status (see
+memory, and shares only what is read-only (the plan, the assembler's inputs, a preloaded block).
+However a run ends (its epoch done, ``close()``, its iterator dropped, an error), its threads
+are stopped *and joined* before its rings go back to the loader, so nothing it wrote can be
+handed out by another run. What a live run holds: two threads (one once preloaded), two read
+groups of page-locked memory plus ``prefetch + 2`` super-batches' rows and status (see
 :class:`~gpuload.device.RunRings`), and up to ``prefetch + 2`` super-batches of device output.
 
 A ``batch_transform`` runs in the assembler thread, batch by batch, on the compute stream, once
@@ -134,7 +136,7 @@ class EpochRun:
                     self.requests, rings.reads if rings is not None else None, self.stopped
                 )
 
-        def assemble_batches(groups: Background) -> Generator[Assembled, None, None]:
+        def assemble_batches(groups: Iterable) -> Generator[Assembled, None, None]:
             kernel_threads.use_threads(self.num_threads)
             with backend.device_context():
                 for block, request in groups:
@@ -148,14 +150,19 @@ class EpochRun:
                             assembled = yield from transformed(assembled, self.batch_transform, backend)
                         yield assembled
 
-        groups = Background(read_groups(), 1, f"gpuload-reader-{self.number}", self.stopped, backend)
+        if self.fetcher.preloaded is None:
+            reader = Background(read_groups(), 1, f"gpuload-reader-{self.number}", self.stopped, backend)
+            groups: Iterable = reader
+            self.stages = [reader]
+        else:  # nothing left to read: the assembler takes its groups itself, no thread between
+            groups = self.fetcher.blocks(self.requests, None, self.stopped)
         ready = Background(
             assemble_batches(groups), self.prefetch, f"gpuload-assembler-{self.number}", self.stopped, backend
         )
-        self.stages = [ready, groups]
+        self.stages = [ready, *self.stages]
         _RUNNING.add(self)
-        groups.start()
-        ready.start()
+        for stage in reversed(self.stages):
+            stage.start()
         try:
             for assembled in ready:  # a super-batch at a time: one queue hand-over, not one per batch
                 assembled = assembler.settle(assembled)
@@ -188,18 +195,13 @@ class LoaderIterator:
     batches) and is closed, threads joined, when the epoch ends, on :meth:`close`, when the
     iterator is garbage collected, or by its loader (``loader.close()``, or a loader with too
     many live runs closing its oldest; ``next()`` then raises instead of handing out anything).
-    ``progress(self, done)`` is told of every batch yielded and of the end.
+    While it is ``position``'s latest iterator (``position.latest == number``) it moves the
+    position: every batch it yields, and its end.
     """
 
-    def __init__(
-        self,
-        start_run: StartRun,
-        epoch: int,
-        first: int,
-        progress: Callable[[LoaderIterator, bool], None],
-    ) -> None:
-        self.epoch, self.batches_done = epoch, first
-        self._start_run, self._progress = start_run, progress
+    def __init__(self, start_run: StartRun, epoch: int, first: int, position: Position, number: int) -> None:
+        self.epoch, self.batches_done, self.number = epoch, first, number
+        self._start_run, self._position = start_run, position
         self.run: EpochRun | None = None
         self._batches: Iterator[dict] | None = None
         self.closed_because: str | None = None
@@ -216,10 +218,12 @@ class LoaderIterator:
             batch = next(self._batches)
         except StopIteration:
             self.closed_because = "its epoch ended"
-            self._progress(self, True)
+            self._position.ended(self)
             raise
         self.batches_done += 1
-        self._progress(self, False)
+        position = self._position
+        if position.latest == self.number:  # an attribute write per batch, not a call
+            position.batches_done = self.batches_done
         return batch
 
     @property
@@ -250,7 +254,7 @@ class Position:
     def __init__(self, limit: int) -> None:
         self.epoch, self.batches_done, self.resume_requested = 0, 0, False
         self.limit = limit
-        self._latest: weakref.ref | None = None
+        self.latest: int | None = None  # the number of the iterator that moves the position
         self._live: weakref.WeakValueDictionary[int, LoaderIterator] = weakref.WeakValueDictionary()
         self._created = itertools.count()
 
@@ -258,7 +262,7 @@ class Position:
         """``set_epoch`` (``resume=False``) or ``load_state_dict``: the next iterator starts here;
         iterators made before no longer move the position."""
         self.epoch, self.batches_done, self.resume_requested = epoch, batches_done, resume
-        self._latest = None
+        self.latest = None
 
     def new_iterator(self, start_run: StartRun) -> LoaderIterator:
         """An iterator at the position, whose first ``next()`` calls ``start_run(epoch, first)``."""
@@ -266,11 +270,12 @@ class Position:
             self.resume_requested = False
         elif self.batches_done:  # the latest iterator left its epoch part-way: a fresh epoch
             self.epoch, self.batches_done = self.epoch + 1, 0
+        number = next(self._created)
         iterator = LoaderIterator(
-            partial(self._start, start_run), self.epoch, self.batches_done, self._progress
+            partial(self._start, start_run), self.epoch, self.batches_done, self, number
         )
-        self._latest = weakref.ref(iterator)
-        self._live[next(self._created)] = iterator
+        self.latest = number
+        self._live[number] = iterator
         return iterator
 
     def _start(self, start_run: StartRun, epoch: int, first: int) -> tuple[EpochRun, Iterator[dict]]:
@@ -279,10 +284,11 @@ class Position:
             old.close(f"{self.limit} newer iterators of the same loader were started")
         return start_run(epoch, first)
 
-    def _progress(self, iterator: LoaderIterator, done: bool) -> None:
-        if self._latest is not None and self._latest() is iterator:
-            self.epoch = iterator.epoch + 1 if done else iterator.epoch
-            self.batches_done = 0 if done else iterator.batches_done
+    def ended(self, iterator: LoaderIterator) -> None:
+        """``iterator`` yielded the last batch of its epoch: the position moves to the next
+        epoch if it is the latest iterator (its batches moved it as they were yielded)."""
+        if self.latest == iterator.number:
+            self.epoch, self.batches_done = iterator.epoch + 1, 0
 
     def close_all(self, because: str) -> None:
         for iterator in list(self._live.values()):

@@ -133,7 +133,7 @@ class MultiomeLoader(Selection):
         see ``benchmarks/RESULTS.md``). Training on the same CPU, leave the model some
         (``gpuload train`` takes half). ``num_workers=N`` (N > 0) sets it as ``DataLoader``'s
         worker count would; ``num_workers=0`` keeps the default. Each iterator also runs one
-        reader and one assembler thread, whatever these say.
+        reader (none once the rows are preloaded) and one assembler thread, whatever these say.
     preload
         ``"auto"`` (on a GPU: when the selected rows fit in free device memory), ``True`` or
         ``False``: keep the whole selected CSR on the device and gather every batch from it.
@@ -320,7 +320,10 @@ class MultiomeLoader(Selection):
         widest = max((b.size for b in batches), default=1)
         positions = self.positions
         rows = (positions[b] for b in batches)  # file rows, made as the reads are planned
-        requests = load_requests(rows, positions, s.chunk_size, s.window, widest)
+        held = self.fetcher.preloaded  # after the first run of a preloading loader: nothing to plan
+        requests = load_requests(
+            rows, positions, s.chunk_size, s.window, widest, held=None if held is None else held.rows
+        )
         run = EpochRun(
             requests,
             self.fetcher,

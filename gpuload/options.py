@@ -8,7 +8,8 @@ given and what is allowed. What needs the file (modality, obs and var names, a s
 
 - ``num_workers=N`` (N > 0) sets ``num_threads``, the threads of the CPU kernel (the assembler's
   parallel work); ``0`` (``DataLoader``'s default: load in the main process) keeps gpuload's
-  default, every core. gpuload's one reader and one assembler thread per iterator always run.
+  default, every core. gpuload's one reader (none once preloaded) and one assembler thread per
+  iterator always run.
 - ``prefetch_factor=k`` sets ``prefetch``: super-batches (several batches each) held ready.
 - ``generator=`` (a ``torch.Generator``) seeds the order: ``seed`` is drawn from it once, here,
   as ``DataLoader`` draws its base seed (``torch.empty((), dtype=torch.int64).random_(generator)``).

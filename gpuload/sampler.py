@@ -268,7 +268,13 @@ class LoadRequest:
 
 
 def load_requests(
-    batches: Iterable[np.ndarray], positions: np.ndarray, chunk_size: int, window: int, batch_size: int
+    batches: Iterable[np.ndarray],
+    positions: np.ndarray,
+    chunk_size: int,
+    window: int,
+    batch_size: int,
+    *,
+    held: np.ndarray | None = None,
 ) -> Iterator[LoadRequest]:
     """Consecutive ``batches`` (file rows) grouped into reads of about ``chunk_size * window``
     cells; ``positions`` are the selected file rows, sorted. A generator: a run holds one group's
@@ -282,6 +288,9 @@ def load_requests(
     own rows plus, in each chunk of the block shuffle of which it needs at least half, the rest
     of that chunk: few long contiguous reads instead of many short ones, and a chunk a group
     barely touches (a group runs past its window by less than a batch) is not read whole.
+    ``held``: the rows of a block already on the device (a preload), which every group then
+    names as its rows, planning no read of its own (sorting a group's rows costs about as much as
+    assembling its batches).
     """
     window_cells = max(1, chunk_size * window)
     ramp = itertools.takewhile(lambda end: end < window_cells, (batch_size << k for k in itertools.count()))
@@ -297,6 +306,9 @@ def load_requests(
                 break
         if not group:
             return
+        if held is not None:
+            yield LoadRequest(held, group)
+            continue
         rows = np.unique(np.concatenate(group))
         chunks, needed = np.unique(np.searchsorted(positions, rows) // chunk_size, return_counts=True)
         sizes = np.minimum(chunk_size, positions.size - chunks * chunk_size)

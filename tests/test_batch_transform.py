@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from gpuload import MultiomeLoader
-from gpuload.batch_columns import LazyColumns
+from gpuload.batch_columns import ColumnKeys, LazyColumns
 from gpuload.device import check
 from gpuload.epoch import tensors_of
 from gpuload.errors import ArgumentError
@@ -99,6 +99,28 @@ def test_tensors_of_walks_containers_and_sparse_tensors():
     assert made.made() == [found[-1]] and len(made.made()) == 1
     coo = torch.eye(2).to_sparse()
     assert len(tensors_of(coo)) == 2
+
+
+def test_lazy_columns_sharing_keys_are_independent():
+    """Batches share one dict of unmade keys (ColumnKeys) until each is read or changed: reading,
+    setting or deleting a column of one batch leaves every other batch's as it was."""
+    keys = ColumnKeys(["a", "b"])
+    made: list[tuple[int, str]] = []
+
+    def make(k: int, key: str) -> torch.Tensor:
+        made.append((k, key))
+        return torch.full((2,), float(k))
+
+    first, second, third = (LazyColumns(keys, make, k) for k in range(3))
+    assert torch.equal(first["a"], torch.zeros(2)) and made == [(0, "a")]
+    second["c"] = torch.ones(1)
+    del third["b"]
+    assert first.made() == [first["a"]] and len(made) == 1  # read once, made once
+    assert list(first) == ["a", "b"] and list(second) == ["a", "b", "c"] and list(third) == ["a"]
+    assert second.made() == [second["c"]] and third.made() == [] and made == [(0, "a")]
+    assert list(LazyColumns(keys, make, 3)) == ["a", "b"] and list(keys.unmade) == ["a", "b"]
+    moved = second.to(torch.float64)
+    assert moved.made() == [] and moved["a"].dtype == torch.float64 and made[-1] == (1, "a")
 
 
 def test_bad_batch_transform_is_refused(small_h5ad):

@@ -33,7 +33,7 @@ def test_each_kind_names_what_its_launch_left(small_h5ad):
     widths = [loader.plan.layout.widths[m] for m in range(len(loader.plan.layout.names))]
     for launched in (dense, sparse):
         assert launched.run.file_rows.tolist() == [3, 4, 10, 11, 12]
-        assert launched.run.shapes == [[(2, w) for w in widths], [(3, w) for w in widths]]
+        assert launched.run.shapes == [tuple((2, w) for w in widths), tuple((3, w) for w in widths)]
         assert not launched.run.status.any()
         assert set(launched.run.scratch) == {"present", "obs_f", "obs_i", "obs_u"}  # status: to the host
     assert len(dense.outputs) == 1 and len(sparse.outputs) == 2  # values; column indices and values

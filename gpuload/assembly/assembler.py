@@ -12,7 +12,7 @@ import torch
 from gpuload.assembly.dense import DenseOutput
 from gpuload.assembly.output_kind import OutputKind, SuperBatch
 from gpuload.assembly.sparse_csr import SparseCsrOutput
-from gpuload.batch_columns import CategoryStrings, LazyColumns
+from gpuload.batch_columns import LazyColumns, ObsLayout, SuperBatchObs
 from gpuload.device import Backend, Fence, RunRings
 from gpuload.errors import DataValueError
 from gpuload.fetch import DeviceBlock
@@ -80,13 +80,7 @@ class BatchAssembler:
             self.kind = OUTPUT_KINDS[output](plan, backend, dtype=dtype, obs_matrices=obs_matrices)
             self.obsm = {k: backend.upload(a, f"obsm {k}") for k, a in plan.obsm.items()}
             self.ready = backend.fence("assembler inputs")  # every run's compute stream waits on it
-        obs = plan.obs
-        kinds = {"float": 0, "int": 1, "bool": 2}
-        index = {"float": obs.float_keys, "int": obs.int_keys, "bool": obs.bool_keys}
-        self.numeric_slots = {key: (kinds[kind], index[kind].index(key)) for key, kind in obs.numeric}
-        self.code_slots = {key: len(obs.int_keys) + i for i, key in enumerate(obs.code_keys)}
-        self.obs_order = (*self.numeric_slots, *obs.code_keys)  # numeric columns, then categoricals
-        self.host_codes = {key: obs.codes(key) for key in obs.code_keys}
+        self.obs_layout = ObsLayout(plan.obs)
 
     # -- grouping ---------------------------------------------------------------------------
     def super_batches(self, block: DeviceBlock, batches: list[np.ndarray]) -> Iterator[list[np.ndarray]]:
@@ -121,29 +115,43 @@ class BatchAssembler:
         with b.on_stream():
             launched = self.kind.launch(block, sb, rings)
             run = launched.run
-            obsm = {k: b.take_rows(m, run.file_rows, f"obsm {k}") for k, m in self.obsm.items()}
+            obsm = (
+                {k: b.take_rows(m, run.file_rows, f"obsm {k}") for k, m in self.obsm.items()}
+                if self.obsm
+                else {}
+            )
             fence = b.fence("super-batch")
             if rings is not None and run.meta_slot is not None:
                 rings.meta.release(run.meta_slot, fence)
-        n, names, meta = sb.n, run.names, run.meta
-        present = run.scratch["present"].view(torch.bool)
-        obs = (run.scratch["obs_f"], run.scratch["obs_i"], run.scratch["obs_u"].view(torch.bool))
+        n, names, meta, scratch = sb.n, run.names, run.meta, run.scratch
         starts, stops, sizes = sb.first.tolist(), (sb.first + sb.sizes).tolist(), sb.sizes.tolist()
-        # A batch's host cost is the handful of tensor objects it is made of: each per-row array
-        # is cut into every batch's view in one call (split), not one view at a time.
-        mask_views = [m.split(sizes) for m in present.reshape(len(names), n).unbind(0)]
-        index_of = meta[n : 2 * n].split(sizes)
-        file_of = meta[meta.numel() - n :].split(sizes) if self.plan.deliver_file else None
-        out: list[dict] = list(launched.every_batch())
-        for k, (start, stop) in enumerate(zip(starts, stops, strict=True)):
-            batch: dict = out[k]
-            batch["mask"] = {name: views[k] for name, views in zip(names, mask_views, strict=True)}
-            batch["index"] = index_of[k]
+        # A batch's host cost is the handful of objects it is made of: each per-row array is cut
+        # into every batch's view in one call (split_with_sizes), not one view at a time, and its obs
+        # columns are two lazy mappings over one object per super-batch.
+        present = scratch["present"].view(torch.bool).unbind(0)
+        masks = zip(*(m.split_with_sizes(sizes) for m in present), strict=True)
+        index_of = meta[n : 2 * n].split_with_sizes(sizes)
+        file_of = meta[meta.numel() - n :].split_with_sizes(sizes) if self.plan.deliver_file else None
+        obs = SuperBatchObs(
+            self.obs_layout,
+            (scratch["obs_f"], scratch["obs_i"], scratch["obs_u"].view(torch.bool)),
+            starts,
+            stops,
+            batches,
+        )
+        keys, codes = self.obs_layout.keys, self.obs_layout.code_keys
+        out: list[dict] = launched.every_batch()
+        for k, (batch, mask, index) in enumerate(zip(out, masks, index_of, strict=True)):
+            batch["mask"] = dict(zip(names, mask, strict=True))
+            batch["index"] = index
             if file_of is not None:
                 batch["file"] = file_of[k]
-            batch["obs"], batch["obs_codes"] = self._obs(obs, start, stop, batches[k])
+            batch["obs"], batch["obs_codes"] = (
+                LazyColumns(keys, obs.value, k),
+                LazyColumns(codes, obs.code, k),
+            )
             if obsm:
-                batch["obsm"] = {key: values[start:stop] for key, values in obsm.items()}
+                batch["obsm"] = {key: values[starts[k] : stops[k]] for key, values in obsm.items()}
         handed = (meta, *run.scratch.values(), *launched.outputs, *obsm.values())
         return Assembled(out, fence, handed, None, run.status, run.status_fence, sb.rows, sb.batch_of)
 
@@ -155,29 +163,13 @@ class BatchAssembler:
             return assembled
         self.backend.wait_host(assembled.status_fence)
         self.backend.note_host("host_read", "status", arrays=(assembled.status,))
-        bad = np.flatnonzero(assembled.status)
-        if not bad.size:
+        if not assembled.status.any():  # one C call in the common case
             assembled.status = None
             return assembled
+        bad = np.flatnonzero(assembled.status)
         kept = int(assembled.batch_of[bad[0]])
         error = self._error(int(assembled.status[bad[0]]), int(assembled.rows[bad[0]]))
         return Assembled(assembled.batches[:kept], assembled.fence, assembled.buffers, error)
-
-    def _obs(self, obs: tuple, start: int, stop: int, rows: np.ndarray) -> tuple[LazyColumns, LazyColumns]:
-        """The obs of the batch in columns ``[start, stop)`` of the gathered matrices ``obs``
-        (float32, int64, bool): numeric columns as slices of them, categoricals as lazy strings
-        (from the host codes, no device read) and as code slices; each made when first read."""
-        numeric, codes, cats = self.numeric_slots, self.code_slots, self.plan.obs.categories
-
-        def value(key: str):
-            if key in cats:
-                return CategoryStrings(self.host_codes[key], rows, cats[key])
-            kind, i = numeric[key]
-            return obs[kind][i, start:stop]
-
-        return LazyColumns(self.obs_order, value), LazyColumns(
-            codes, lambda key: obs[1][codes[key], start:stop]
-        )
 
     def _error(self, code: int, row: int) -> DataValueError:
         """What the kernel reported for file ``row``, as an error naming it."""

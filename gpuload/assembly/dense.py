@@ -43,12 +43,15 @@ class DenseLaunched(Launched):
         shapes, names = self.run.shapes, self.run.names
         if not shapes:
             return []
-        rows = shapes[0][0][0]
-        same = next((k for k, shape in enumerate(shapes) if shape[0][0] != rows), len(shapes))
-        region = rows * sum(width for _, width in shapes[0])
+        first = shapes[0]
+        rows = first[0][0]
+        same = len(shapes)  # the leading batches shaped as the first (list.count: one C call)
+        if shapes.count(first) != same:
+            same = next(k for k, shape in enumerate(shapes) if shape != first)
+        region = rows * sum(width for _, width in first)
         blocks = [
             self.out.as_strided((same, rows, width), (region, width, 1), self.offsets[0][m]).unbind(0)
-            for m, (_, width) in enumerate(shapes[0])
+            for m, (_, width) in enumerate(first)
         ]
         made = [dict(zip(names, views, strict=True)) for views in zip(*blocks, strict=True)]
         return made + [self.modalities(k) for k in range(same, len(shapes))]

@@ -11,20 +11,20 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from gpuload.device import Backend, Carver, Fence, RunRings, span
+from gpuload.device import Backend, Fence, RunRings, span
 from gpuload.fetch import DeviceBlock
 from gpuload.plan import LoaderPlan
 
 
-@dataclass(frozen=True)
-class SuperBatch:
+class SuperBatch(NamedTuple):
     """Consecutive batches of file rows assembled by one launch: ``rows`` (every batch's, in
     order), ``sizes`` (rows per batch), ``batch_of`` (each row's batch) and ``first`` (each
-    batch's first row)."""
+    batch's first row). A named tuple: made once per super-batch in one call."""
 
     rows: np.ndarray
     sizes: np.ndarray
@@ -61,7 +61,7 @@ class KernelRun:
     status: np.ndarray
     status_fence: Fence | None
     names: tuple[str, ...]
-    shapes: list[list[tuple[int, int]]]
+    shapes: list[tuple[tuple[int, int], ...]]
 
     @property
     def n(self) -> int:
@@ -116,6 +116,7 @@ class OutputKind(ABC):
         self.names, self.widths = layout.names, np.asarray(layout.widths, dtype=np.int64)
         self.prefix = np.concatenate([[0], np.cumsum(self.widths)[:-1]]).astype(np.int64)
         self.width = int(self.widths.sum())
+        self.batch_shapes: dict[int, tuple[tuple[int, int], ...]] = {}  # by batch size (shapes())
         value = torch.empty(0, dtype=self.kernel_dtype).numpy().dtype
         host = {
             "col_dest": layout.col_dest,
@@ -151,14 +152,15 @@ class OutputKind(ABC):
         ``plan.deliver_file``, each row's file id follows the parts, as the last ``n`` values."""
         if self.plan.deliver_file:
             parts = [*parts, self.plan.file_of(parts[1])]
-        n = sum(p.size for p in parts)
+        flat = [p.ravel() for p in parts]
+        n = sum(p.size for p in flat)
         slot = None
         if rings is None:
             host = np.empty(n, dtype=np.int64)
         else:
-            slot, buffer = rings.meta.take(Carver.size_of([(n, np.int64)]))
-            host = Carver(buffer)(n, np.int64)
-        np.concatenate([p.ravel() for p in parts], out=host)
+            slot, buffer = rings.meta.take(8 * n)
+            host = buffer[: 8 * n].view(np.int64)  # a ring buffer starts aligned
+        np.concatenate(flat, out=host)
         if rings is not None:
             self.backend.note_host("host_write", "super-batch rows", arrays=(buffer,))
         return self.backend.upload(host, "super-batch rows"), slot
@@ -225,9 +227,14 @@ class OutputKind(ABC):
         targets = {t.data_ptr() for t in (*outputs, *scratch.values())}
         return [a for a in args if hasattr(a, "shape") and span(a)[0] in targets]
 
-    def shapes(self, sizes: np.ndarray) -> list[list[tuple[int, int]]]:
-        """The shape of each batch's (``sizes``) modalities: ``[batch][modality]``."""
-        return [[(int(size), int(w)) for w in self.widths] for size in sizes]
+    def shapes(self, sizes: np.ndarray) -> list[tuple[tuple[int, int], ...]]:
+        """The shape of each batch's (``sizes``) modalities: ``[batch][modality]`` (one tuple per
+        batch size, made once and shared)."""
+        made, widths = self.batch_shapes, self.widths.tolist()
+        return [
+            made.get(size) or made.setdefault(size, tuple((size, w) for w in widths))
+            for size in sizes.tolist()
+        ]
 
     def cast(self, values: torch.Tensor) -> torch.Tensor:
         """The kernel's ``values`` in the output dtype (float16/bfloat16 from float32)."""

@@ -37,8 +37,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -49,10 +48,10 @@ _EVENT_IDS = itertools.count(1)  # every fence of every backend, numbered for th
 READ_ROUNDING = 1 << 23  # bytes: a pooled read buffer grows in 8 MiB steps
 
 
-@dataclass(frozen=True)
-class Fence:
+class Fence(NamedTuple):
     """An event recorded on one of the loader's streams: ``number`` names it in the ledger,
-    ``event`` is the ``torch.cuda.Event`` on the cuda face (None elsewhere)."""
+    ``event`` is the ``torch.cuda.Event`` on the cuda face (None elsewhere). A named tuple:
+    two are made per super-batch, each in one call."""
 
     number: int
     event: Any = None  # torch.cuda.Event (the cuda face) or None
@@ -62,6 +61,8 @@ def span(array) -> tuple[int, int]:
     """(address, bytes) of a tensor, numpy array or CUDA array: what the ledger records."""
     if isinstance(array, torch.Tensor):
         return array.data_ptr(), array.numel() * array.element_size()
+    if isinstance(array, np.ndarray):
+        return array.__array_interface__["data"][0], array.nbytes
     interface = getattr(array, "__cuda_array_interface__", None) or array.__array_interface__
     size = int(np.prod(interface["shape"], dtype=np.int64)) * np.dtype(interface["typestr"]).itemsize
     return interface["data"][0], size
@@ -150,8 +151,12 @@ class Backend:
 
     def note(self, kind: str, name: str, size: int = 0, address: int = 0, **detail) -> None:
         """Write an operation on the current stream to the ledger (``detail``: see
-        :class:`~gpuload.device.ledger.DeviceOp`; computed by callers only when recording)."""
-        self.ledger.add(kind, name, self.stream_name(), size, address, **detail)
+        :class:`~gpuload.device.ledger.DeviceOp`; computed by callers only when recording), or
+        only count it when the ledger does not record (the stream is not asked then)."""
+        if self.ledger.record:
+            self.ledger.add(kind, name, self.stream_name(), size, address, **detail)
+        else:
+            self.ledger.count(kind)
 
     def note_host(self, kind: str, name: str, peer: str = "", arrays: Sequence = ()) -> None:
         """A host-side ordering or access for the checker: ``spawn``/``joined`` a thread,
@@ -168,6 +173,10 @@ class Backend:
         return self._allocated(torch.empty(shape, dtype=dtype, device=self.torch_device), name)
 
     def _allocated(self, out: torch.Tensor, name: str) -> torch.Tensor:
+        if not self.ledger.record:
+            if out.numel():
+                self.ledger.count("alloc")
+            return out
         address, size = span(out)
         if size:  # an empty tensor has no memory (and no address of its own)
             self.note("alloc", name, size, address)
@@ -194,10 +203,11 @@ class Backend:
         target.copy_(torch.from_numpy(host))
 
     def _copy_note(self, kind: str, name: str, source, target) -> None:
-        detail: dict[str, Any] = (
-            {"reads": (span(source),), "writes": (span(target),)} if self.ledger.record else {}
-        )
-        self.note(kind, name, span(source)[1], **detail)
+        if not self.ledger.record:
+            self.ledger.count(kind)
+            return
+        read = span(source)
+        self.note(kind, name, read[1], reads=(read,), writes=(span(target),))
 
     def cast(self, tensor: torch.Tensor, dtype: torch.dtype, name: str) -> torch.Tensor:
         """``tensor`` as ``dtype`` (a device kernel on the GPU)."""
@@ -355,7 +365,10 @@ class StreamFace(Backend):
         if not self._passed(fence):  # counted only when the host really waits
             self.ledger.counts["sync_wait"] += 1
             self._host_wait(fence)
-        self.ledger.add("sync", "event", "host", event=fence.number)
+        if self.ledger.record:
+            self.ledger.add("sync", "event", "host", event=fence.number)
+        else:
+            self.ledger.count("sync")
 
     def _passed(self, fence: Fence) -> bool:
         return True

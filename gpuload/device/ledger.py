@@ -93,6 +93,12 @@ class DeviceLedger:
                 thread = threading.current_thread().name
                 self.ops.append(DeviceOp(kind, name, stream, thread, size, address, **detail))
 
+    def count(self, kind: str) -> None:
+        """Count ``kind`` only (what :meth:`add` does for it when not recording; not ``pinned``,
+        whose bytes :meth:`add` keeps)."""
+        with self._lock:
+            self.counts[kind] += 1
+
     def add_launch_time(self, seconds: float) -> None:
         with self._lock:
             self.launch_seconds += seconds

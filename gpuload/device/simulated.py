@@ -23,6 +23,23 @@ SIMULATOR_THREADS = 2
 _SIMULATOR_LOCK = threading.Lock()
 
 
+class _OnStream(contextlib.AbstractContextManager):
+    """``which`` made the current stream of the calling thread (``current``: the face's
+    thread-local) until the block ends, the one before restored then (what ``on_stream`` returns)."""
+
+    __slots__ = ("current", "which", "previous")
+
+    def __init__(self, current: threading.local, which: str) -> None:
+        self.current, self.which, self.previous = current, which, None
+
+    def __enter__(self) -> None:
+        self.previous = getattr(self.current, "stream", None)
+        self.current.stream = self.which
+
+    def __exit__(self, *exc) -> None:
+        self.current.stream = self.previous
+
+
 class SimulatedCudaBackend(StreamFace):
     """The ``cudasim`` face: the cuda orchestration on host memory with simulated streams.
 
@@ -42,17 +59,13 @@ class SimulatedCudaBackend(StreamFace):
         super().__init__(torch.device("cpu"))
         self._current = threading.local()
 
-    @contextlib.contextmanager
-    def on_stream(self, which: str = "compute"):
-        previous = getattr(self._current, "stream", None)
-        self._current.stream = which
-        try:
-            yield
-        finally:
-            self._current.stream = previous
+    def on_stream(self, which: str = "compute") -> contextlib.AbstractContextManager:
+        return _OnStream(self._current, which)
 
     def stream_name(self) -> str:
         return getattr(self._current, "stream", None) or "default"
+
+    _receiver = stream_name  # the hand-off's per-batch check: one call, not two
 
     def pinned(self, nbytes: int) -> np.ndarray:
         buffer = np.empty(nbytes, dtype=np.uint8)
