@@ -112,9 +112,16 @@ class HostBufferPool:
             if free is None:
                 free = np.empty(-(-max(n, 1) // self.round_to) * self.round_to, dtype=dtype)
                 if len(self._buffers) >= self.max_buffers:
-                    self._buffers.pop(0)
+                    self._buffers.remove(self._to_forget())
                 self._buffers.append(free)
             return free[:n]
+
+    def _to_forget(self) -> np.ndarray:
+        """The buffer a full pool forgets for a new one: the smallest free one (a big one costs
+        the most page faults to make again), else the oldest (still in use: it goes when its
+        last view does)."""
+        free = [buf for buf in self._buffers if sys.getrefcount(buf) <= 3]  # list, loop var, arg
+        return min(free, key=lambda buf: buf.nbytes) if free else self._buffers[0]
 
 
 class Backend:
@@ -129,7 +136,9 @@ class Backend:
         self.torch_device = torch_device or torch.device("cpu")
         self.ledger = DeviceLedger()
         self.host_pool = HostBufferPool()  # batch outputs
-        self.read_pool = HostBufferPool(round_to=READ_ROUNDING)  # reads on faces without rings
+        # reads on faces without rings: a run has up to three read groups in flight, and each
+        # epoch's first window is read in growing groups of other sizes
+        self.read_pool = HostBufferPool(max_buffers=8, round_to=READ_ROUNDING)
         self.pageable = False  # page-locking failed once: staging buffers are pageable
 
     def __repr__(self) -> str:
