@@ -9,6 +9,7 @@ The CSC sidecar (:mod:`gpuload.formats.csc`) is read by the same class over memo
 from __future__ import annotations
 
 import os
+import threading
 
 import h5py
 import numpy as np
@@ -18,8 +19,10 @@ from gpuload.errors import SchemaError
 from gpuload.formats.chunk_index import chunk_table
 from gpuload.formats.types import RowBlock, row_runs
 
-# Runs of requested rows closer than this many stored values are read as one span.
+# Runs of requested rows closer than this many stored values are read as one span, of at most
+# SPAN_VALUES values (read into the reading thread's scratch buffer, then compacted).
 MERGE_GAP = 1 << 15
+SPAN_VALUES = 1 << 20
 MAX_READ = 1 << 30  # bytes per system call (Linux reads at most ~2 GiB in one)
 
 
@@ -32,6 +35,34 @@ def _compact(span, span_lo, lo, hi, out):
         start = lo[i] - span_lo
         out[pos : pos + n] = span[start : start + n]
         pos += n
+
+
+@njit(cache=True, nogil=True)
+def _span_breaks(lo, hi, gap, most):
+    """Where runs ``[lo[i], hi[i])`` start a new span: a gap over ``gap`` values before the run,
+    or a span that would grow past ``most`` values with it (a single longer run is its own)."""
+    breaks = [0]
+    start = lo[0] if lo.size else 0
+    for i in range(1, lo.size):
+        if lo[i] - hi[i - 1] > gap or hi[i] - start > most:
+            breaks.append(i)
+            start = lo[i]
+    breaks.append(lo.size)
+    return np.array(breaks, dtype=np.int64)
+
+
+_scratch = threading.local()
+
+
+def scratch(nbytes: int) -> np.ndarray:
+    """The calling thread's scratch bytes, grown to ``nbytes``: a span read to be compacted goes
+    here, not into fresh memory each time (a fresh buffer faults in every page, which made a
+    fresh process's first reads several times slower). One per thread: two runs reading the
+    same file at once never share it."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is None or buffer.size < nbytes:
+        buffer = _scratch.buffer = np.empty(nbytes, dtype=np.uint8)
+    return buffer[:nbytes]
 
 
 class DirectArray:
@@ -155,18 +186,16 @@ class CsrRows:
         indices = empty(total, dtype=self.indices.dtype)
         data = empty(total, dtype=self.data.dtype)
         # Merge runs separated by small gaps into spans: one read per array per span.
-        gap_break = np.flatnonzero(lo[1:] - hi[:-1] > MERGE_GAP) + 1
-        span_first = np.r_[0, gap_break] if lo.size else lo[:0]
-        span_last = np.r_[gap_break, lo.size] if lo.size else lo[:0]
+        breaks = _span_breaks(lo, hi, MERGE_GAP, SPAN_VALUES) if lo.size else lo[:1]
         pos = 0
-        for a, b in zip(span_first, span_last, strict=True):
+        for a, b in zip(breaks[:-1], breaks[1:], strict=True):
             s_lo, s_hi = int(lo[a]), int(hi[b - 1])
             n = int((hi[a:b] - lo[a:b]).sum())
             for source, out in ((self.indices, indices), (self.data, data)):
                 if b - a == 1:
                     self._read_into(source, s_lo, s_hi, out[pos : pos + n])
                 else:
-                    span = np.empty(s_hi - s_lo, dtype=source.dtype)
+                    span = scratch((s_hi - s_lo) * source.dtype.itemsize).view(source.dtype)
                     self._read_into(source, s_lo, s_hi, span)
                     _compact(span, s_lo, lo[a:b], hi[a:b], out[pos : pos + n])
             pos += n
