@@ -270,3 +270,16 @@ def test_cpu_reads_go_into_recycled_buffers_and_batches_stay_exact(tmp_path):
     for a, b in zip(first + first, again + third, strict=True):
         for key in a:
             torch.testing.assert_close(a[key], b[key])
+
+
+def test_a_full_pool_forgets_its_smallest_free_buffer_first():
+    """Big buffers cost the most page faults to make again: a full pool drops a small free one
+    (never one a batch still views), and the big one it kept serves the next big request."""
+    pool = HostBufferPool(max_buffers=2)
+    big = pool.take_array(1000, np.dtype(np.uint8))
+    big_address = big.ctypes.data
+    small = pool.take_array(10, np.dtype(np.uint8))
+    del big, small  # both free now
+    held = pool.take_array(2000, np.dtype(np.uint8))  # a third size: the pool is full
+    assert pool.take_array(1000, np.dtype(np.uint8)).ctypes.data == big_address
+    assert held.size == 2000

@@ -112,7 +112,8 @@ class HostBufferPool:
             if free is None:
                 free = np.empty(-(-max(n, 1) // self.round_to) * self.round_to, dtype=dtype)
                 if len(self._buffers) >= self.max_buffers:
-                    self._buffers.remove(self._to_forget())
+                    forget = self._to_forget()
+                    self._buffers = [buf for buf in self._buffers if buf is not forget]
                 self._buffers.append(free)
             return free[:n]
 
