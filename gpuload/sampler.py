@@ -290,10 +290,12 @@ def load_requests(
     barely touches (a group runs past its window by less than a batch) is not read whole.
     ``held``: the rows of a block already on the device (a preload), which every group then
     names as its rows, planning no read of its own (sorting a group's rows costs about as much as
-    assembling its batches).
+    assembling its batches); with nothing to read there is no ramp either.
     """
     window_cells = max(1, chunk_size * window)
     ramp = itertools.takewhile(lambda end: end < window_cells, (batch_size << k for k in itertools.count()))
+    if held is not None:  # nothing to read: no reader to keep ahead, whole windows from the start
+        ramp = iter(())
     ends = itertools.chain(ramp, (window_cells * k for k in itertools.count(1)))
     batches = iter(batches)
     read = 0  # cells of the batches grouped so far
