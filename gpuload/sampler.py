@@ -293,7 +293,9 @@ def load_requests(
     assembling its batches); with nothing to read there is no ramp either.
     """
     window_cells = max(1, chunk_size * window)
-    ramp = itertools.takewhile(lambda end: end < window_cells, (batch_size << k for k in itertools.count()))
+    ramp: Iterator[int] = itertools.takewhile(
+        lambda end: end < window_cells, (batch_size << k for k in itertools.count())
+    )
     if held is not None:  # nothing to read: no reader to keep ahead, whole windows from the start
         ramp = iter(())
     ends = itertools.chain(ramp, (window_cells * k for k in itertools.count(1)))
