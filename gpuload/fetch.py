@@ -3,8 +3,8 @@
 On the stream faces a request is read into the next page-locked buffer of the calling run's ring
 (:class:`~gpuload.device.RunRings`) and copied to the device on the loader's copy stream; an
 event behind the copy (the block's ``ready``) is what the compute stream waits on, and the
-buffer is reused once that copy has passed. On the CPU a request is read into a pooled host
-buffer (:meth:`~gpuload.device.Backend.read_buffer`), reused once no block views it. With
+buffer is reused once that copy has passed. On the CPU a request is read into pooled host
+buffers (:meth:`~gpuload.device.Backend.read_empty`), reused once no block views them. With
 ``preload``, the whole selection is read once, piece by piece through a ring, into one device
 block that serves every request of every run after (built under a lock, read-only once built).
 Whether a preload is wanted (``"auto"``), and whether it fits, is decided when it happens: any
@@ -128,16 +128,16 @@ class BlockFetcher:
             return block
 
     def _take(self, ring: PinnedRing | None, rows: np.ndarray) -> tuple[int | None, np.ndarray | None]:
-        """A slot of ``ring`` and its buffer for a read of ``rows``; without a ring (the CPU), no
-        slot and a pooled buffer; (None, None) where the reader allocates."""
-        size = self._read_size(rows)
-        if not size:
-            return None, None
-        return ring.take(size) if ring is not None else (None, self.backend.read_buffer(size))
+        """A slot of ``ring`` and its buffer for a read of ``rows``, or (None, None) where the
+        read allocates (no ring: the CPU; a read that takes no page-locked bytes)."""
+        size = self._read_size(rows) if ring is not None else 0
+        return ring.take(size) if ring is not None and size else (None, None)
 
     def _read(self, rows: np.ndarray, buffer: np.ndarray | None, name: str) -> RowBlock:
         if buffer is None:
-            return self.store.read_block(rows)
+            # Without streams nothing reads the memory asynchronously: recycled host buffers,
+            # each as large as the reader asks (whatever dtypes it reads); with streams, fresh.
+            return self.store.read_block(rows, np.empty if self.backend.streams else self.backend.read_empty)
         host = self.store.read_block(rows, Carver(buffer))
         self.backend.note_host("host_write", name, arrays=(buffer,))
         return host

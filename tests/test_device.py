@@ -257,14 +257,14 @@ def test_cpu_reads_go_into_recycled_buffers_and_batches_stay_exact(tmp_path):
 
     first = epoch()
     addresses = []  # of the buffers read into (not the buffers: holding one keeps it from reuse)
-    original = loader.backend.read_buffer
+    original = loader.backend.read_empty
 
-    def spy(nbytes):
-        buffer = original(nbytes)
+    def spy(n, dtype):
+        buffer = original(n, dtype)
         addresses.append(buffer.ctypes.data)
         return buffer
 
-    loader.backend.read_buffer = spy
+    loader.backend.read_empty = spy
     again, third = epoch(), epoch()
     assert len(set(addresses)) < len(addresses)  # later reads went into earlier reads' memory
     for a, b in zip(first + first, again + third, strict=True):

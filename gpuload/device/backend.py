@@ -38,6 +38,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from gpuload.device.host_pool import HostBufferPool
@@ -217,10 +218,12 @@ class Backend:
         self.ledger.add("pinned", "pageable buffer", "host", nbytes, span(buffer)[0])
         return buffer
 
-    def read_buffer(self, nbytes: int) -> np.ndarray:
-        """A host buffer a read is written into where no ring orders its reuse (the CPU face):
-        pooled, so a read group does not page-fault fresh memory (see :class:`HostBufferPool`)."""
-        return self.read_pool.take_array(nbytes, np.dtype(np.uint8))
+    def read_empty(self, n: int, dtype: npt.DTypeLike) -> np.ndarray:
+        """``np.empty(n, dtype)`` for a read where nothing orders the memory's reuse but its
+        references (the CPU face): a recycled buffer, so a read group does not page-fault fresh
+        memory (see :class:`HostBufferPool`)."""
+        dtype = np.dtype(dtype)
+        return self.read_pool.take_array(n * dtype.itemsize, np.dtype(np.uint8)).view(dtype)
 
     def release_pinned(self, buffer: np.ndarray) -> None:
         """Forget a buffer from :meth:`pinned` (its memory goes when the last view does)."""
@@ -297,10 +300,12 @@ class StreamFace(Backend):
         torch.from_numpy(host).copy_(status, non_blocking=True)  # page-locked: no host wait
         return host
 
-    def read_buffer(self, nbytes: int) -> np.ndarray:
-        """A host buffer a read is written into where no ring orders its reuse (the CPU face):
-        pooled, so a read group does not page-fault fresh memory (see :class:`HostBufferPool`)."""
-        return self.read_pool.take_array(nbytes, np.dtype(np.uint8))
+    def read_empty(self, n: int, dtype: npt.DTypeLike) -> np.ndarray:
+        """``np.empty(n, dtype)`` for a read where nothing orders the memory's reuse but its
+        references (the CPU face): a recycled buffer, so a read group does not page-fault fresh
+        memory (see :class:`HostBufferPool`)."""
+        dtype = np.dtype(dtype)
+        return self.read_pool.take_array(n * dtype.itemsize, np.dtype(np.uint8)).view(dtype)
 
     def release_pinned(self, buffer: np.ndarray) -> None:
         self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes, span(buffer)[0])
