@@ -300,13 +300,6 @@ class StreamFace(Backend):
         torch.from_numpy(host).copy_(status, non_blocking=True)  # page-locked: no host wait
         return host
 
-    def read_empty(self, n: int, dtype: npt.DTypeLike) -> np.ndarray:
-        """``np.empty(n, dtype)`` for a read where nothing orders the memory's reuse but its
-        references (the CPU face): a recycled buffer, so a read group does not page-fault fresh
-        memory (see :class:`HostBufferPool`)."""
-        dtype = np.dtype(dtype)
-        return self.read_pool.take_array(n * dtype.itemsize, np.dtype(np.uint8)).view(dtype)
-
     def release_pinned(self, buffer: np.ndarray) -> None:
         self.ledger.add("pinned", "host buffer", "host", -buffer.nbytes, span(buffer)[0])
 
